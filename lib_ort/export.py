@@ -1,0 +1,202 @@
+"""Export a WebUI-style UNet to fp32 ONNX with the TorchScript exporter.
+
+Why these choices (measured with ORT 1.32, see the project's recipe notes):
+* TorchScript exporter (``dynamo=False``): the dynamo graph loses the MultiHeadAttention,
+  BiasSplitGelu and BiasAdd fusions.
+* Attention traced through SDPA (``attention.sdpa_attention``): the only form of the ldm
+  attention that ORT fuses.
+* fp32: ORT's fusions match fp32 patterns; fp16 conversion comes after fusion, per recipe.
+* One external-data file: SDXL is over 2 GB, and Olive and ORT read one file fastest.
+  The exporter may write one file per tensor; they are streamed into one file without
+  loading all weights at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .attention import sdpa_attention
+from .describe import UnetDescription, describe_unet
+from .errors import ExportError
+
+MODEL_FILE = "model.onnx"
+WEIGHTS_FILE = "weights.pb"
+INPUT_NAMES = ("sample", "timestep", "encoder_hidden_states", "y")
+OUTPUT_NAME = "latent"
+DEFAULT_OPSET = 17
+#: tensors smaller than this stay inside model.onnx (shape constants and the like)
+_EMBED_LIMIT = 1024
+
+
+class _OnnxSignature(nn.Module):
+    """Gives the UNet the ONNX input names; ``y`` only for models that take it."""
+
+    def __init__(self, unet: nn.Module, takes_y: bool):
+        super().__init__()
+        self.unet = unet
+        self.takes_y = takes_y
+
+    def forward(self, sample, timestep, encoder_hidden_states, y=None):
+        if self.takes_y:
+            return self.unet(sample, timestep, encoder_hidden_states, y=y)
+        return self.unet(sample, timestep, encoder_hidden_states)
+
+
+@dataclasses.dataclass
+class ExportResult:
+    folder: Path
+    description: UnetDescription
+    opset: int
+    export_s: float
+    input_names: tuple[str, ...]
+
+    @property
+    def model_path(self) -> Path:
+        return self.folder / MODEL_FILE
+
+
+@contextlib.contextmanager
+def on_cpu_in_fp32(model: nn.Module):
+    """Move ``model`` to CPU fp32 in place for the export and put it back afterwards.
+
+    In place, parameter by parameter: the WebUI's fp16 GPU UNet is never held twice in full.
+    """
+    first = next(model.parameters())
+    device, dtype = first.device, first.dtype
+    try:
+        if device.type != "cpu" or dtype != torch.float32:
+            model.to(device="cpu", dtype=torch.float32)
+        yield model
+    finally:
+        if device.type != "cpu" or dtype != torch.float32:
+            model.to(device=device, dtype=dtype)
+
+
+def _trace_inputs(description: UnetDescription) -> tuple[torch.Tensor, ...]:
+    """Small inputs with B=2 and H != W so no dynamic dimension is specialised while tracing."""
+    io = description.io
+    m = io.spatial_multiple
+    g = torch.Generator().manual_seed(0)
+    args = [
+        torch.randn(2, io.in_channels, 2 * m, 3 * m, generator=g),
+        torch.tensor([999.0, 500.5]),
+        torch.randn(2, 77, io.context_dim, generator=g),
+    ]
+    if io.adm_dim:
+        args.append(torch.randn(2, io.adm_dim, generator=g))
+    return tuple(args)
+
+
+def consolidate_external_data(model_path: Path, weights_name: str = WEIGHTS_FILE) -> None:
+    """Rewrite ``model_path`` so every large tensor lives in one file beside it.
+
+    Reads one tensor at a time (embedded or from the exporter's per-tensor files) and appends it to
+    ``weights_name``; the per-tensor files are removed afterwards.
+    """
+    import onnx
+
+    folder = model_path.parent
+    model = onnx.load(str(model_path), load_external_data=False)
+    old_files: set[Path] = set()
+    with open(folder / weights_name, "wb") as out:
+        for tensor in model.graph.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                info = {e.key: e.value for e in tensor.external_data}
+                src = folder / info["location"]
+                old_files.add(src)
+                with open(src, "rb") as f:
+                    f.seek(int(info.get("offset", 0)))
+                    length = info.get("length")
+                    data = f.read(int(length)) if length is not None else f.read()
+            elif len(tensor.raw_data) >= _EMBED_LIMIT:
+                data = tensor.raw_data
+            else:
+                continue
+            pad = (-out.tell()) % 64  # aligned offsets let ORT map the weights
+            out.write(b"\0" * pad)
+            offset = out.tell()
+            out.write(data)
+            tensor.ClearField("raw_data")
+            del tensor.external_data[:]
+            for key, value in (("location", weights_name), ("offset", str(offset)), ("length", str(len(data)))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            del data
+    onnx.save(model, str(model_path))
+    for f in old_files:
+        if f.name != weights_name:
+            f.unlink(missing_ok=True)
+
+
+def export_unet(model: nn.Module, out_dir: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
+                progress=None) -> ExportResult:
+    """Export ``model`` (``forward(x, timesteps, context, y=None)``) to ``out_dir``.
+
+    ``out_dir`` must not exist; it appears only when the export is complete. ``progress`` is an
+    optional ``callable(fraction, message)``.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise ExportError(f"{out_dir} already exists; delete it or choose another folder")
+    report = progress or (lambda fraction, message: None)
+    description = describe_unet(model)
+    takes_y = description.io.adm_dim is not None
+    names = INPUT_NAMES if takes_y else INPUT_NAMES[:3]
+    dynamic_axes = {
+        "sample": {0: "B", 2: "H", 3: "W"},
+        "timestep": {0: "B"},
+        "encoder_hidden_states": {0: "B", 1: "S"},
+        OUTPUT_NAME: {0: "B", 2: "H", 3: "W"},
+    }
+    if takes_y:
+        dynamic_axes["y"] = {0: "B"}
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
+    start = time.perf_counter()
+    try:
+        report(0.05, f"tracing the {description.label} UNet ({description.parameters / 1e6:.0f} M parameters)")
+        with on_cpu_in_fp32(model), sdpa_attention(model), torch.no_grad():
+            wrapper = _OnnxSignature(model, takes_y).eval()
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+                torch.onnx.export(
+                    wrapper, _trace_inputs(description), str(work / MODEL_FILE), dynamo=False,
+                    input_names=list(names), output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes,
+                    opset_version=opset, do_constant_folding=True, export_params=True,
+                )
+            del wrapper
+        report(0.8, "writing the weights into one file")
+        consolidate_external_data(work / MODEL_FILE)
+        elapsed = time.perf_counter() - start
+        (work / "export.json").write_text(json.dumps({
+            "family": description.family.value, "io": description.io.to_dict(), "opset": opset,
+            "input_names": list(names), "output_name": OUTPUT_NAME, "torch": torch.__version__,
+            "parameters": description.parameters, "export_s": round(elapsed, 2),
+        }, indent=2))
+        os.replace(work, out_dir)
+    except ExportError:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    except Exception as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        raise ExportError(f"exporting the {description.label} UNet failed: {type(exc).__name__}: {exc}") from exc
+    report(1.0, "export done")
+    return ExportResult(out_dir, description, opset, elapsed, tuple(names))
+
+
+def load_export_info(folder: str | os.PathLike) -> dict:
+    return json.loads((Path(folder) / "export.json").read_text())

@@ -1,0 +1,72 @@
+"""The optimization child process: ``python -m lib_ort.olive_child JOB.json``.
+
+Runs one Olive workflow on an exported ONNX UNet and leaves, in the job's work folder,
+``model/model.onnx`` + ``model/weights.pb`` and ``result.json`` (versions of the toolchain that
+made it, fused op counts). It runs in the Olive toolchain's interpreter, which may differ from the
+WebUI's: it imports only the standard library, Olive, ONNX and ``lib_ort.graph``/``lib_ort.recipes``
+(both free of torch and of the WebUI). Its memory (16+ GB for a full-size UNet) goes back to the
+system when it exits.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    found = {}
+    for dist in ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "olive-ai", "onnx", "numpy"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def main(job_path: str) -> int:
+    os.environ.setdefault("OLIVE_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    job = json.loads(Path(job_path).read_text())
+    work = Path(job["work_dir"])
+    from olive.workflows import run as olive_run
+
+    from lib_ort.graph import io_types, op_counts
+
+    start = time.perf_counter()
+    print(f"[ORT Turbo] optimizing with Olive for {job['ep']}", flush=True)
+    olive_run(copy.deepcopy(job["olive_config"]))  # Olive pops keys from the dict it is given
+    produced = Path(job["olive_config"]["output_dir"])
+    models = sorted(produced.rglob("*.onnx"))
+    if len(models) != 1:
+        print(f"[ORT Turbo] Olive produced {len(models)} models in {produced}, expected 1", file=sys.stderr)
+        return 3
+    onnx_path = models[0]
+    final = work / "model"
+    final.mkdir()
+    shutil.move(str(onnx_path), final / "model.onnx")
+    weights = onnx_path.parent / job["weights_file"]
+    if weights.exists():
+        shutil.move(str(weights), final / job["weights_file"])
+    elapsed = time.perf_counter() - start
+    result = {
+        "optimize_s": round(elapsed, 2),
+        "versions": _versions(),
+        "fused_ops": op_counts(final / "model.onnx"),
+        "io_types": io_types(final / "model.onnx"),
+    }
+    (work / "result.json").write_text(json.dumps(result, indent=2))
+    shutil.rmtree(produced, ignore_errors=True)
+    print(f"[ORT Turbo] optimization done in {elapsed:.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

@@ -1,0 +1,152 @@
+"""One Olive optimization recipe per execution provider, as data.
+
+The fused CUDA ops (NhwcConv, GroupNorm, SkipGroupNorm, BiasSplitGelu, BiasAdd, packed attention)
+have no CPU or DirectML kernels, so each provider gets its own recipe and its own artefact:
+
+* ``cuda``: every UNet fusion of ORT's transformers optimizer, then fp16 (fp16 inputs and outputs).
+* ``tensorrt``: a clean fp32 graph and no ORT fusion; TensorRT builds its own fp16 engine.
+* ``dml``: the DirectML-safe fusion set (no NhwcConv, BiasSplitGelu, BiasAdd or SkipLayerNorm;
+  channels-first GroupNorm), then fp16.
+* ``cpu``: the fusions that have CPU kernels (attention, layer norms, gelu), fp32.
+
+A recipe is stored whole in the artefact's manifest, so an artefact says how it was made even
+after Olive's schema moves on.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from .export import WEIGHTS_FILE
+
+#: The Olive release the recipes are written for (its config schema changes between releases).
+OLIVE_VERSION = "0.13.0"
+
+_EXTERNAL_DATA = {
+    "save_as_external_data": True,
+    "all_tensors_to_one_file": True,
+    "external_data_name": WEIGHTS_FILE,
+}
+
+#: FusionOptions("unet") switches that would emit ops without CPU kernels.
+_CPU_UNSAFE_FUSIONS = {
+    "enable_nhwc_conv": False,
+    "enable_group_norm": False,
+    "enable_skip_group_norm": False,
+    "enable_bias_splitgelu": False,
+    "enable_packed_qkv": False,
+    "enable_packed_kv": False,
+    "enable_bias_add": False,
+}
+
+_DML_FUSIONS = {
+    "enable_gelu": True,
+    "enable_layer_norm": True,
+    "enable_attention": True,
+    "use_multi_head_attention": True,
+    "enable_skip_layer_norm": False,
+    "enable_embed_layer_norm": True,
+    "enable_bias_skip_layer_norm": False,
+    "enable_bias_gelu": True,
+    "enable_gelu_approximation": False,
+    "enable_qordered_matmul": False,
+    "enable_shape_inference": True,
+    "enable_gemm_fast_gelu": False,
+    "enable_nhwc_conv": False,
+    "enable_group_norm": True,
+    "group_norm_channels_last": False,
+    "enable_skip_group_norm": False,
+    "enable_bias_splitgelu": False,
+    "enable_packed_qkv": True,
+    "enable_packed_kv": True,
+    "enable_bias_add": False,
+}
+
+RECIPES: dict[str, dict] = {
+    "cuda": {
+        "provider": "CUDAExecutionProvider",
+        "device": "gpu",
+        "precision": "fp16",
+        "passes": {
+            "optimize": {
+                "type": "OrtTransformersOptimization",
+                "model_type": "unet",
+                "opt_level": 0,
+                "float16": True,
+                "use_gpu": True,
+                "keep_io_types": False,
+                **_EXTERNAL_DATA,
+            }
+        },
+    },
+    "tensorrt": {
+        "provider": "TensorrtExecutionProvider",
+        "device": "gpu",
+        "precision": "fp32",
+        "passes": {"clean": {"type": "OnnxPeepholeOptimizer", **_EXTERNAL_DATA}},
+    },
+    "dml": {
+        "provider": "DmlExecutionProvider",
+        "device": "gpu",
+        "precision": "fp16",
+        "passes": {
+            "optimize": {
+                "type": "OrtTransformersOptimization",
+                "model_type": "unet",
+                "opt_level": 0,
+                "float16": True,
+                "use_gpu": True,
+                "keep_io_types": False,
+                "force_fp32_ops": ["RandomNormalLike"],
+                "force_fp16_inputs": {"GroupNorm": [0, 1, 2]},
+                "optimization_options": _DML_FUSIONS,
+                **_EXTERNAL_DATA,
+            }
+        },
+    },
+    "cpu": {
+        "provider": "CPUExecutionProvider",
+        "device": "cpu",
+        "precision": "fp32",
+        "passes": {
+            "optimize": {
+                "type": "OrtTransformersOptimization",
+                "model_type": "unet",
+                "opt_level": 0,
+                "float16": False,
+                "use_gpu": False,
+                "optimization_options": _CPU_UNSAFE_FUSIONS,
+                **_EXTERNAL_DATA,
+            }
+        },
+    },
+}
+
+EXECUTION_PROVIDERS = tuple(RECIPES)
+
+
+def get_recipe(ep: str) -> dict:
+    try:
+        return copy.deepcopy(RECIPES[ep])
+    except KeyError:
+        raise ValueError(f"unknown execution provider {ep!r}; choose one of: {', '.join(RECIPES)}") from None
+
+
+def olive_config(recipe: dict, model_folder: str, model_file: str, output_dir: str, cache_dir: str) -> dict:
+    """The Olive 0.13 workflow config that applies ``recipe`` to an exported ONNX model."""
+    return {
+        "input_model": {"type": "ONNXModel", "model_path": model_folder, "onnx_file_name": model_file},
+        "systems": {
+            "local_system": {
+                "type": "LocalSystem",
+                "accelerators": [{"device": recipe["device"], "execution_providers": [recipe["provider"]]}],
+            }
+        },
+        "passes": copy.deepcopy(recipe["passes"]),
+        "host": "local_system",
+        "target": "local_system",
+        "evaluate_input_model": False,
+        "cache_dir": cache_dir,
+        "output_dir": output_dir,
+        "log_severity_level": 1,
+    }

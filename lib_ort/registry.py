@@ -1,0 +1,218 @@
+"""Artefacts on disk: one folder per (checkpoint hash, execution provider, precision).
+
+A folder holds ``model.onnx``, ``weights.pb`` and ``manifest.json``. It is built under a hidden
+temporary name beside its final place and renamed when complete, so a crash or a kill mid-way
+leaves the registry readable and without the new entry (leftover temporary folders are ignored
+and swept). Keys are checkpoint hashes, never names: names collide and folders move.
+
+Loading validates: every file present at its recorded size, the manifest made for the checkpoint
+asked for, a manifest format this code reads, and an ONNX Runtime new enough for the recipe's ops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import ArtefactError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+_TMP_PREFIX = ".tmp-"
+_STALE_TMP_S = 24 * 3600
+
+
+def artefact_id(checkpoint_hash: str, ep: str, precision: str) -> str:
+    return f"{checkpoint_hash[:12]}-{ep}-{precision}"
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", text.split("+")[0])[:3])
+
+
+def runtime_ort_version() -> str | None:
+    try:
+        import onnxruntime
+
+        return onnxruntime.__version__
+    except ImportError:
+        return None
+
+
+@dataclasses.dataclass
+class Artefact:
+    folder: Path
+    manifest: dict
+
+    @property
+    def id(self) -> str:
+        return self.folder.name
+
+    @property
+    def model_path(self) -> Path:
+        return self.folder / self.manifest["model_file"]
+
+    @property
+    def ep(self) -> str:
+        return self.manifest["ep"]
+
+    @property
+    def checkpoint_hash(self) -> str:
+        return self.manifest["checkpoint"]["hash"]
+
+    def size_bytes(self) -> int:
+        return sum(self.manifest["files"].values())
+
+
+@dataclasses.dataclass
+class ListedArtefact:
+    """One row of ``Registry.list()``: the artefact, or why it cannot be used."""
+
+    id: str
+    folder: Path
+    manifest: dict | None
+    problem: str | None
+
+    @property
+    def valid(self) -> bool:
+        return self.problem is None
+
+
+class Registry:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def new_work_folder(self, purpose: str) -> Path:
+        """A hidden temporary folder inside the registry (same file system, so renames are atomic)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{purpose}-", dir=self.root))
+
+    def commit(self, work: Path, manifest: dict) -> Artefact:
+        """Write ``manifest`` into ``work`` (which holds the model files) and rename it into place.
+
+        Replaces an existing artefact with the same id only after the new one is complete.
+        """
+        files = {}
+        for name in (manifest["model_file"], *manifest.get("data_files", [])):
+            path = work / name
+            if not path.is_file():
+                raise ArtefactError(f"cannot register {work}: {name} is missing")
+            files[name] = path.stat().st_size
+        manifest = dict(manifest, format=FORMAT_VERSION, files=files,
+                        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        manifest["id"] = artefact_id(manifest["checkpoint"]["hash"], manifest["ep"], manifest["precision"])
+        tmp_manifest = work / (MANIFEST + ".part")
+        tmp_manifest.write_text(json.dumps(manifest, indent=2))
+        os.replace(tmp_manifest, work / MANIFEST)
+        final = self.root / manifest["id"]
+        if final.exists():
+            trash = self.root / f"{_TMP_PREFIX}old-{final.name}-{int(time.time())}"
+            os.replace(final, trash)
+            os.replace(work, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(work, final)
+        return Artefact(final, manifest)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def _folders(self):
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def list(self) -> list[ListedArtefact]:
+        rows = []
+        for folder in self._folders():
+            if not (folder / MANIFEST).exists():
+                continue  # the raw exports folder and anything that is not an artefact
+            try:
+                artefact = self._validate(folder)
+                rows.append(ListedArtefact(folder.name, folder, artefact.manifest, None))
+            except ArtefactError as exc:
+                rows.append(ListedArtefact(folder.name, folder, _read_manifest_quietly(folder), str(exc)))
+        return rows
+
+    def find(self, checkpoint_hash: str, ep: str, precision: str | None = None) -> Path | None:
+        """The folder of the artefact for this checkpoint and provider, valid or not; None if none."""
+        for row in self.list():
+            m = row.manifest or {}
+            if (m.get("checkpoint", {}).get("hash") == checkpoint_hash and m.get("ep") == ep
+                    and (precision is None or m.get("precision") == precision)):
+                return row.folder
+        return None
+
+    def load(self, artefact: str | os.PathLike, checkpoint_hash: str | None = None) -> Artefact:
+        """Validate and return an artefact given its id or folder; raises ``ArtefactError``."""
+        folder = Path(artefact)
+        if not folder.is_absolute() and not folder.exists():
+            folder = self.root / folder
+        return self._validate(folder, checkpoint_hash)
+
+    def delete(self, artefact_id_or_folder: str) -> None:
+        folder = self.root / Path(artefact_id_or_folder).name
+        if not folder.is_dir() or folder.name.startswith("."):
+            raise ArtefactError(f"no artefact {artefact_id_or_folder!r} in {self.root}")
+        trash = self.root / f"{_TMP_PREFIX}deleted-{folder.name}-{int(time.time())}"
+        os.replace(folder, trash)  # atomic: the entry is gone even if the removal below is cut short
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def sweep(self, max_age_s: float = _STALE_TMP_S) -> int:
+        """Remove temporary folders left by interrupted writes; returns how many were removed."""
+        if not self.root.is_dir():
+            return 0
+        removed = 0
+        for p in self.root.iterdir():
+            if p.name.startswith(_TMP_PREFIX) and time.time() - p.stat().st_mtime > max_age_s:
+                shutil.rmtree(p, ignore_errors=True)
+                removed += 1
+        return removed
+
+    def _validate(self, folder: Path, checkpoint_hash: str | None = None) -> Artefact:
+        path = folder / MANIFEST
+        if not path.is_file():
+            raise ArtefactError(f"{folder.name}: no {MANIFEST}; the export was not finished. Export again.")
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ArtefactError(f"{folder.name}: {MANIFEST} is unreadable ({exc}). Delete it and export again.")
+        if manifest.get("format") != FORMAT_VERSION:
+            raise ArtefactError(
+                f"{folder.name}: made by another version of ORT Turbo (manifest format "
+                f"{manifest.get('format')}, this version reads {FORMAT_VERSION}). Export again.")
+        if checkpoint_hash is not None and manifest["checkpoint"]["hash"] != checkpoint_hash:
+            raise ArtefactError(
+                f"{folder.name}: made for checkpoint {manifest['checkpoint'].get('name') or '?'} "
+                f"({manifest['checkpoint']['hash'][:10]}), not for the loaded one ({checkpoint_hash[:10]}).")
+        for name, size in manifest["files"].items():
+            f = folder / name
+            if not f.is_file():
+                raise ArtefactError(f"{folder.name}: {name} is missing. Export again.")
+            actual = f.stat().st_size
+            if actual != size:
+                raise ArtefactError(
+                    f"{folder.name}: {name} is {actual} bytes, the manifest says {size} "
+                    "(truncated or replaced). Export again.")
+        need = manifest.get("min_runtime_ort")
+        have = runtime_ort_version()
+        if need and have and _version_tuple(have) < _version_tuple(need):
+            raise ArtefactError(
+                f"{folder.name}: needs ONNX Runtime {need} or newer for its {manifest['ep']} ops; "
+                f"this WebUI has {have}. Update onnxruntime or export again.")
+        return Artefact(folder, manifest)
+
+
+def _read_manifest_quietly(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
