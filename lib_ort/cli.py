@@ -1,0 +1,156 @@
+"""``python -m lib_ort``: export, optimize, list, delete and bench, without the WebUI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import OrtTurboError
+from .recipes import EXECUTION_PROVIDERS
+
+DEFAULT_ROOT_ENV = "ORT_TURBO_HOME"
+
+
+def default_root() -> Path:
+    return Path(os.environ.get(DEFAULT_ROOT_ENV) or Path(__file__).resolve().parent.parent / "artefacts")
+
+
+def _console_progress(fraction: float, message: str, _last=[""]) -> None:
+    if message != _last[0]:
+        print(f"[{fraction * 100:5.1f} %] {message}", file=sys.stderr, flush=True)
+        _last[0] = message
+
+
+def _model_and_checkpoint(args):
+    from .architectures import build_unet
+    from .describe import state_dict_digest
+
+    if args.arch:
+        model = build_unet(args.arch, seed=args.seed)
+        return model, {"hash": state_dict_digest(model), "name": f"{args.arch} (random weights, seed {args.seed})"}
+    from .checkpoint import file_sha256, load_unet_from_checkpoint
+
+    print(f"hashing {args.checkpoint} ...", file=sys.stderr)
+    checkpoint = {"hash": file_sha256(args.checkpoint), "name": Path(args.checkpoint).stem}
+    return load_unet_from_checkpoint(args.checkpoint), checkpoint
+
+
+def _toolchain(args):
+    from .optimize import Toolchain
+
+    return Toolchain(python=args.python) if args.python else Toolchain()
+
+
+def cmd_export(args) -> dict:
+    from .pipeline import ensure_export
+    from .registry import Registry
+
+    model, checkpoint = _model_and_checkpoint(args)
+    folder, cached = ensure_export(model, Registry(args.root), checkpoint, opset=args.opset,
+                                   progress=_console_progress)
+    return {"export": str(folder), "cached": cached, "checkpoint": checkpoint}
+
+
+def cmd_optimize(args) -> dict:
+    from .pipeline import prepare
+    from .registry import Registry
+
+    model, checkpoint = _model_and_checkpoint(args)
+    prepared = prepare(model, Registry(args.root), checkpoint, args.ep, toolchain=_toolchain(args),
+                       opset=args.opset, force=args.force, progress=_console_progress)
+    m = prepared.artefact.manifest
+    return {"artefact": prepared.artefact.id, "folder": str(prepared.artefact.folder), "cached": prepared.artefact_cached,
+            "ep": m["ep"], "precision": m["precision"], "family": m["family"], "fused_ops": m["fused_ops"]}
+
+
+def cmd_list(args) -> list:
+    from .registry import Registry
+
+    rows = []
+    for row in Registry(args.root).list():
+        m = row.manifest or {}
+        rows.append({"id": row.id, "checkpoint": m.get("checkpoint", {}).get("name"), "ep": m.get("ep"),
+                     "precision": m.get("precision"), "family": m.get("family"),
+                     "size_mb": round(sum((m.get("files") or {}).values()) / 2**20, 1),
+                     "created": m.get("created"), "valid": row.valid, "problem": row.problem})
+    return rows
+
+
+def cmd_delete(args) -> dict:
+    from .registry import Registry
+
+    Registry(args.root).delete(args.id)
+    return {"deleted": args.id}
+
+
+def cmd_bench(args) -> dict:
+    from .bench import run_bench
+
+    return run_bench(args.arch, args.ep, batch=args.batch, height=args.height, width=args.width, seq=args.seq,
+                     runs=args.runs, warmup=args.warmup, root=args.root, unfused=args.unfused, seed=args.seed,
+                     toolchain=_toolchain(args), progress=_console_progress)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .architectures import ARCHITECTURES
+
+    parser = argparse.ArgumentParser(prog="python -m lib_ort", description=__doc__)
+    parser.add_argument("--root", type=Path, default=None,
+                        help=f"artefact folder (default: ${DEFAULT_ROOT_ENV} or ./artefacts)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_args(p, required=True):
+        src = p.add_mutually_exclusive_group(required=required)
+        src.add_argument("--arch", choices=list(ARCHITECTURES), help="built-in architecture, random weights")
+        src.add_argument("--checkpoint", type=Path, help="an SD1/SD2 WebUI checkpoint (.safetensors)")
+        p.add_argument("--seed", type=int, default=0, help="seed of the random weights (--arch)")
+        p.add_argument("--opset", type=int, default=17)
+
+    p = sub.add_parser("export", help="export a UNet to fp32 ONNX (cached by checkpoint hash)")
+    model_args(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("optimize", help="export if needed, then optimize with Olive for one provider")
+    model_args(p)
+    p.add_argument("--ep", choices=EXECUTION_PROVIDERS, required=True)
+    p.add_argument("--python", help="interpreter of the Olive toolchain (default: this one)")
+    p.add_argument("--force", action="store_true", help="optimize again even if a valid artefact exists")
+    p.set_defaults(func=cmd_optimize)
+
+    p = sub.add_parser("list", help="list artefacts, with why an invalid one cannot be used")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("delete", help="delete an artefact by id")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("bench", help="time one UNet call, PyTorch eager vs ONNX Runtime")
+    p.add_argument("--arch", choices=list(ARCHITECTURES), default="sd-turbo")
+    p.add_argument("--ep", choices=EXECUTION_PROVIDERS, default="cpu")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--height", type=int, default=None, help="image height in px (default: the arch's)")
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--seq", type=int, default=77)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--unfused", action="store_true", help="also time the unoptimized export on ORT CPU")
+    p.add_argument("--python", help="interpreter of the Olive toolchain (default: this one)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (the default output too)")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    args.root = args.root or default_root()
+    try:
+        result = args.func(args)
+    except (OrtTurboError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=None if getattr(args, "json", False) else 2, default=str))
+    return 0

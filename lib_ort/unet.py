@@ -1,0 +1,109 @@
+"""``OrtUnet``: an artefact's ONNX UNet called like the WebUI's PyTorch UNet.
+
+Torch tensors in (fp16 or fp32, on any device the provider can use), a torch tensor out with the
+input's dtype and device. Inputs the artefact cannot serve raise ``UnsupportedInput`` with a reason
+a person can read, before anything runs; the WebUI layer turns that into a PyTorch fallback.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import UnsupportedInput
+from .registry import Artefact
+from .sessions import CudaRunner, create_session, plan_session
+
+_TORCH_DTYPES = {"FLOAT": torch.float32, "FLOAT16": torch.float16}
+
+
+class OrtUnet:
+    def __init__(self, artefact: Artefact, *, device_id: int = 0, cuda_graph: bool = False,
+                 intra_op_threads: int | None = None, cache_dir=None):
+        self.artefact = artefact
+        m = artefact.manifest
+        self.io = m["io"]
+        self.ranges = m["shape_ranges"]
+        self.input_names = list(m["input_names"])
+        self.output_name = m["output_name"]
+        self.input_dtype = _TORCH_DTYPES[m["io_types"]["sample"]]
+        self.output_dtype = _TORCH_DTYPES[m["io_types"][self.output_name]]
+        self.ep = artefact.ep
+        stream = None
+        if self.ep in ("cuda", "tensorrt"):
+            stream = torch.cuda.current_stream(device_id).cuda_stream
+        self.plan = plan_session(self.ep, manifest=m, device_id=device_id, stream=stream, cuda_graph=cuda_graph,
+                                 intra_op_threads=intra_op_threads, cache_dir=cache_dir)
+        self.session = create_session(artefact.model_path, self.plan)
+        self.runner = CudaRunner(self.session, self.plan, self.output_name) if self.plan.io_binding else None
+        self.device = torch.device("cuda", device_id) if self.plan.io_binding else torch.device("cpu")
+
+    # -- checks --------------------------------------------------------------------------------
+
+    def check(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y=None) -> None:
+        """Raise ``UnsupportedInput`` if this artefact cannot compute the UNet for these inputs."""
+        io, r = self.io, self.ranges
+        if x.ndim != 4:
+            raise UnsupportedInput(f"the latent has {x.ndim} dimensions, expected 4 (B, C, H, W)")
+        b, c, h, w = x.shape
+        if c != io["in_channels"]:
+            kind = "an inpainting" if c == 9 else "a"
+            raise UnsupportedInput(
+                f"{kind} model input with {c} channels; this artefact was exported for {io['in_channels']}")
+        if context is None or context.ndim != 3 or context.shape[-1] != io["context_dim"]:
+            width = None if context is None else tuple(context.shape)
+            raise UnsupportedInput(
+                f"text conditioning of shape {width}; this artefact takes width {io['context_dim']} "
+                "(another model family, e.g. a refiner or a checkpoint of another kind?)")
+        if io["adm_dim"]:
+            if y is None:
+                raise UnsupportedInput("no 'y' (pooled text and size) input; this SDXL-type artefact needs it")
+            if y.ndim != 2 or y.shape[1] != io["adm_dim"]:
+                raise UnsupportedInput(
+                    f"'y' of shape {tuple(y.shape)}; this artefact takes width {io['adm_dim']} "
+                    "(the SDXL refiner uses 2560, the base model 2816)")
+        elif y is not None:
+            raise UnsupportedInput("the model passed a 'y' input, which this artefact does not take")
+        t_rows = timesteps.numel()
+        rows = {"timesteps": t_rows, "context": context.shape[0]}
+        if y is not None:
+            rows["y"] = y.shape[0]
+        for name, n in rows.items():
+            if n != b and not (name == "timesteps" and n == 1):
+                raise UnsupportedInput(f"batch mismatch: the latent has {b} rows, {name} has {n}")
+        s = context.shape[1]
+        for label, value, key in (("batch", b, "batch"), ("latent height", h, "height"),
+                                  ("latent width", w, "width"), ("text length", s, "sequence")):
+            lo, hi = r[key]
+            if not lo <= value <= hi:
+                px = " px" if key in ("height", "width") else ""
+                scale = 8 if px else 1
+                raise UnsupportedInput(
+                    f"{label} {value * scale}{px} is outside this artefact's range "
+                    f"{lo * scale}..{hi * scale}{px}")
+        m = io["spatial_multiple"]
+        if h % m or w % m:
+            raise UnsupportedInput(f"latent size {h}x{w} is not a multiple of {m} (image sides must be "
+                                   f"multiples of {8 * m} px)")
+
+    # -- running -------------------------------------------------------------------------------
+
+    def __call__(self, x, timesteps, context, y=None, **kwargs):
+        return self.forward(x, timesteps, context, y=y, **kwargs)
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y=None, **kwargs):
+        if kwargs.get("control") is not None:
+            raise UnsupportedInput("ControlNet residuals are not supported by the ONNX UNet yet")
+        self.check(x, timesteps, context, y)
+        b = x.shape[0]
+        if timesteps.numel() == 1 and b > 1:
+            timesteps = timesteps.reshape(1).expand(b)
+        values = {"sample": x, "timestep": timesteps.reshape(b), "encoder_hidden_states": context, "y": y}
+        feeds = {n: values[n].to(self.device, self.input_dtype).contiguous() for n in self.input_names}
+        out_shape = (b, self.io["out_channels"], x.shape[2], x.shape[3])
+        if self.runner is not None:
+            out = self.runner.run(feeds, out_shape, self.output_dtype)
+        else:
+            # zero-copy numpy views in, ORT's numpy array out as a tensor without a copy
+            result = self.session.run([self.output_name], {n: t.numpy() for n, t in feeds.items()})[0]
+            out = torch.from_numpy(result)
+        return out.to(x.device, x.dtype)
