@@ -92,22 +92,27 @@ def _randomize_zero_parameters(module: nn.Module, generator: torch.Generator) ->
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
 
 
-def build_unet(name: str, seed: int = 0) -> nn.Module:
-    """Build a built-in architecture with random weights (fixed ``seed``), fp32, eval mode, on CPU."""
+def build_unet(name: str, seed: int = 0, device: str | torch.device = "cpu") -> nn.Module:
+    """Build a built-in architecture with random weights (fixed ``seed``), fp32, eval mode.
+
+    ``device="meta"`` builds the structure without memory (for reading its description).
+    """
     try:
         arch = ARCHITECTURES[name]
     except KeyError:
         raise ValueError(f"unknown architecture {name!r}; choose one of: {', '.join(ARCHITECTURES)}") from None
     torch.manual_seed(seed)
-    if arch.kind == "ldm":
-        from ldm.modules.diffusionmodules.openaimodel import UNetModel
+    with torch.device(device):
+        if arch.kind == "ldm":
+            from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-        model: nn.Module = UNetModel(**arch.config)
-    else:
-        from diffusers import UNet2DConditionModel
+            model: nn.Module = UNetModel(**arch.config)
+        else:
+            from diffusers import UNet2DConditionModel
 
-        model = DiffusersAsWebuiUnet(UNet2DConditionModel(**arch.config))
-    _randomize_zero_parameters(model, torch.Generator().manual_seed(seed + 1))
+            model = DiffusersAsWebuiUnet(UNet2DConditionModel(**arch.config))
+    if torch.device(device).type != "meta":
+        _randomize_zero_parameters(model, torch.Generator().manual_seed(seed + 1))
     model.eval().requires_grad_(False)
     return model
 

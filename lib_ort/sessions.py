@@ -129,16 +129,24 @@ def plan_session(ep: str, *, manifest: dict | None = None, device_id: int = 0, s
                        io_binding=True, cuda_graph=cuda_graph and ep == "cuda", preload_dlls=True)
 
 
-def create_session(model_path: str | os.PathLike, plan: SessionPlan):
-    """Carry out ``plan``: an ``onnxruntime.InferenceSession`` on the planned provider, or an error."""
+def require_provider(ep: str) -> None:
+    """Raise ``OrtTurboError`` unless the installed ONNX Runtime offers the provider of ``ep``."""
     import onnxruntime as ort
 
-    wanted = plan.providers[0][0]
+    wanted = PROVIDER_NAMES[ep]
     available = ort.get_available_providers()
     if wanted not in available:
         raise OrtTurboError(
             f"this ONNX Runtime ({ort.__version__}) has no {wanted}; it has {', '.join(available)}. "
             "Install the matching onnxruntime package or choose another execution provider.")
+
+
+def create_session(model_path: str | os.PathLike, plan: SessionPlan):
+    """Carry out ``plan``: an ``onnxruntime.InferenceSession`` on the planned provider, or an error."""
+    import onnxruntime as ort
+
+    require_provider(plan.ep)
+    wanted = plan.providers[0][0]
     if plan.preload_dlls and hasattr(ort, "preload_dlls"):
         try:
             ort.preload_dlls()

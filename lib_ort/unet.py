@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from .errors import UnsupportedInput
+from .errors import OrtTurboError, UnsupportedInput
 from .registry import Artefact
-from .sessions import CudaRunner, create_session, plan_session
+from .sessions import CudaRunner, create_session, plan_session, require_provider
 
 _TORCH_DTYPES = {"FLOAT": torch.float32, "FLOAT16": torch.float16}
 
@@ -28,8 +28,11 @@ class OrtUnet:
         self.input_dtype = _TORCH_DTYPES[m["io_types"]["sample"]]
         self.output_dtype = _TORCH_DTYPES[m["io_types"][self.output_name]]
         self.ep = artefact.ep
+        require_provider(self.ep)
         stream = None
         if self.ep in ("cuda", "tensorrt"):
+            if not torch.cuda.is_available():
+                raise OrtTurboError(f"the {self.ep} artefact needs a CUDA build of torch with a GPU; this torch has none")
             stream = torch.cuda.current_stream(device_id).cuda_stream
         self.plan = plan_session(self.ep, manifest=m, device_id=device_id, stream=stream, cuda_graph=cuda_graph,
                                  intra_op_threads=intra_op_threads, cache_dir=cache_dir)
