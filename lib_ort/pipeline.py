@@ -56,7 +56,9 @@ def prepare(model: nn.Module | None, registry: Registry, checkpoint: dict, ep: s
             try:
                 artefact = registry.load(existing, checkpoint["hash"])
                 t = artefact.manifest.get("timings", {})
-                return Prepared(artefact, None, t.get("export_s"), t.get("optimize_s"), True, True)
+                folder = export_folder(registry, checkpoint["hash"], opset)
+                kept = folder if (folder / "export.json").exists() else None
+                return Prepared(artefact, kept, t.get("export_s"), t.get("optimize_s"), True, True)
             except Exception:
                 pass  # invalid: make it again below
     if model is None:

@@ -87,7 +87,7 @@ class ListedArtefact:
 
 class Registry:
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+        self.root = Path(root).absolute()  # the optimization child runs in another working directory
 
     # -- writing -----------------------------------------------------------------------------
 
