@@ -28,14 +28,13 @@ from torch import nn
 from .attention import sdpa_attention
 from .describe import UnetDescription, describe_unet
 from .errors import ExportError
+from .graph import consolidate_external_data
 
 MODEL_FILE = "model.onnx"
 WEIGHTS_FILE = "weights.pb"
 INPUT_NAMES = ("sample", "timestep", "encoder_hidden_states", "y")
 OUTPUT_NAME = "latent"
 DEFAULT_OPSET = 17
-#: tensors smaller than this stay inside model.onnx (shape constants and the like)
-_EMBED_LIMIT = 1024
 
 
 class _OnnxSignature(nn.Module):
@@ -97,54 +96,20 @@ def _trace_inputs(description: UnetDescription) -> tuple[torch.Tensor, ...]:
     return tuple(args)
 
 
-def consolidate_external_data(model_path: Path, weights_name: str = WEIGHTS_FILE) -> None:
-    """Rewrite ``model_path`` so every large tensor lives in one file beside it.
+def _onnx_available() -> bool:
+    import importlib.util
 
-    Reads one tensor at a time (embedded or from the exporter's per-tensor files) and appends it to
-    ``weights_name``; the per-tensor files are removed afterwards.
-    """
-    import onnx
-
-    folder = model_path.parent
-    model = onnx.load(str(model_path), load_external_data=False)
-    old_files: set[Path] = set()
-    with open(folder / weights_name, "wb") as out:
-        for tensor in model.graph.initializer:
-            if tensor.data_location == onnx.TensorProto.EXTERNAL:
-                info = {e.key: e.value for e in tensor.external_data}
-                src = folder / info["location"]
-                old_files.add(src)
-                with open(src, "rb") as f:
-                    f.seek(int(info.get("offset", 0)))
-                    length = info.get("length")
-                    data = f.read(int(length)) if length is not None else f.read()
-            elif len(tensor.raw_data) >= _EMBED_LIMIT:
-                data = tensor.raw_data
-            else:
-                continue
-            pad = (-out.tell()) % 64  # aligned offsets let ORT map the weights
-            out.write(b"\0" * pad)
-            offset = out.tell()
-            out.write(data)
-            tensor.ClearField("raw_data")
-            del tensor.external_data[:]
-            for key, value in (("location", weights_name), ("offset", str(offset)), ("length", str(len(data)))):
-                entry = tensor.external_data.add()
-                entry.key, entry.value = key, value
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            del data
-    onnx.save(model, str(model_path))
-    for f in old_files:
-        if f.name != weights_name:
-            f.unlink(missing_ok=True)
+    return importlib.util.find_spec("onnx") is not None
 
 
 def export_unet(model: nn.Module, out_dir: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
-                progress=None) -> ExportResult:
+                consolidate: bool | None = None, progress=None) -> ExportResult:
     """Export ``model`` (``forward(x, timesteps, context, y=None)``) to ``out_dir``.
 
     ``out_dir`` must not exist; it appears only when the export is complete. ``progress`` is an
-    optional ``callable(fraction, message)``.
+    optional ``callable(fraction, message)``. The weights are gathered into one file here when the
+    ``onnx`` package is importable (``consolidate=None``); the WebUI's environment does not have it
+    (it pins protobuf 3.20.0), and then the optimization child does it before running Olive.
     """
     out_dir = Path(out_dir)
     if out_dir.exists():
@@ -179,13 +144,16 @@ def export_unet(model: nn.Module, out_dir: str | os.PathLike, *, opset: int = DE
                     opset_version=opset, do_constant_folding=True, export_params=True,
                 )
             del wrapper
-        report(0.8, "writing the weights into one file")
-        consolidate_external_data(work / MODEL_FILE)
+        consolidated = consolidate if consolidate is not None else _onnx_available()
+        if consolidated:
+            report(0.8, "writing the weights into one file")
+            consolidate_external_data(work / MODEL_FILE, WEIGHTS_FILE)
         elapsed = time.perf_counter() - start
         (work / "export.json").write_text(json.dumps({
             "family": description.family.value, "io": description.io.to_dict(), "opset": opset,
             "input_names": list(names), "output_name": OUTPUT_NAME, "torch": torch.__version__,
             "parameters": description.parameters, "export_s": round(elapsed, 2),
+            "weights_consolidated": consolidated,
         }, indent=2))
         os.replace(work, out_dir)
     except ExportError:

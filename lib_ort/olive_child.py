@@ -38,9 +38,20 @@ def main(job_path: str) -> int:
     work = Path(job["work_dir"])
     from olive.workflows import run as olive_run
 
-    from lib_ort.graph import io_types, op_counts
+    from lib_ort.graph import consolidate_external_data, io_types, op_counts
 
     start = time.perf_counter()
+    export_dir = Path(job["olive_config"]["input_model"]["model_path"])
+    info_path = export_dir / "export.json"
+    info = json.loads(info_path.read_text())
+    if not info.get("weights_consolidated", True):
+        # exported in the WebUI's environment, which has no `onnx` package: gather the weights here
+        print("[ORT Turbo] writing the exported weights into one file", flush=True)
+        consolidate_external_data(export_dir / job["olive_config"]["input_model"]["onnx_file_name"], job["weights_file"])
+        info["weights_consolidated"] = True
+        staged = info_path.with_suffix(".part")
+        staged.write_text(json.dumps(info, indent=2))
+        os.replace(staged, info_path)
     print(f"[ORT Turbo] optimizing with Olive for {job['ep']}", flush=True)
     olive_run(copy.deepcopy(job["olive_config"]))  # Olive pops keys from the dict it is given
     produced = Path(job["olive_config"]["output_dir"])
