@@ -1,24 +1,43 @@
 # make bench: set up .venv and benchmark one SD-Turbo-size UNet call (random weights) on ORT CPU.
-# make test:  set up .venv and run the CPU test suite (what CI runs).
+# make test:  set up both environments and run the CPU test suite (what CI runs).
+#   .venv        engine + Olive toolchain (requirements-dev.txt)
+#   .venv-webui  a WebUI-v1.10.1-like environment for the adapter tests (requirements-webui.txt)
 VENV ?= .venv
+WEBUI_VENV ?= .venv-webui
 PY := $(VENV)/bin/python
+WEBUI_PY := $(WEBUI_VENV)/bin/python
 STAMP := $(VENV)/.ort-turbo-setup
+WEBUI_STAMP := $(WEBUI_VENV)/.ort-turbo-setup
+SDKIT := stable-diffusion-sdkit==2.1.5
 
-.PHONY: setup test bench clean
+.PHONY: setup setup-webui test test-engine test-webui bench clean
 
 setup: $(STAMP)
+
+setup-webui: $(WEBUI_STAMP)
 
 $(STAMP): requirements-dev.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements-dev.txt
-	$(PY) -m pip install -q --no-deps stable-diffusion-sdkit==2.1.5
+	$(PY) -m pip install -q --no-deps $(SDKIT)
 	touch $(STAMP)
 
-test: setup
-	$(PY) -m pytest -q tests
+$(WEBUI_STAMP): requirements-webui.txt
+	test -x $(WEBUI_PY) || python3 -m venv $(WEBUI_VENV)
+	$(WEBUI_PY) -m pip install -q -r requirements-webui.txt
+	$(WEBUI_PY) -m pip install -q --no-deps $(SDKIT)
+	touch $(WEBUI_STAMP)
+
+test: test-engine test-webui
+
+test-engine: setup
+	$(PY) -m pytest -q tests --ignore=tests/webui
+
+test-webui: setup setup-webui
+	ORT_TURBO_TOOLCHAIN_PYTHON=$(abspath $(PY)) $(WEBUI_PY) -m pytest -q -p no:cacheprovider tests/webui
 
 bench: setup
 	$(PY) -m lib_ort bench --arch sd-turbo --ep cpu --unfused --json
 
 clean:
-	rm -rf $(VENV) artefacts
+	rm -rf $(VENV) $(WEBUI_VENV) artefacts

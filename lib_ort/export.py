@@ -102,6 +102,42 @@ def _onnx_available() -> bool:
     return importlib.util.find_spec("onnx") is not None
 
 
+#: where torch keeps the step that inserts onnxscript functions into the exported proto
+_ONNXSCRIPT_FN_MODULES = (
+    "torch.onnx._internal.torchscript_exporter.onnx_proto_utils",  # torch >= 2.9
+    "torch.onnx._internal.onnx_proto_utils",  # torch 2.1 - 2.8
+)
+
+
+@contextlib.contextmanager
+def _without_onnx_package():
+    """Let the TorchScript exporter run where the ``onnx`` package cannot be installed.
+
+    The WebUI pins protobuf 3.20.0, which no current ``onnx`` accepts. The exporter only needs
+    ``onnx`` to splice custom onnxscript functions into the graph, and a UNet has none: the step
+    returns the bytes unchanged. Here it is skipped (and put back afterwards) when ``onnx`` is absent.
+    """
+    import importlib
+
+    if _onnx_available():
+        yield
+        return
+    patched = []
+    try:
+        for name in _ONNXSCRIPT_FN_MODULES:
+            try:
+                module = importlib.import_module(name)
+            except ImportError:
+                continue
+            if hasattr(module, "_add_onnxscript_fn"):
+                patched.append((module, module._add_onnxscript_fn))
+                module._add_onnxscript_fn = lambda model_bytes, custom_opsets: model_bytes
+        yield
+    finally:
+        for module, original in patched:
+            module._add_onnxscript_fn = original
+
+
 def export_unet(model: nn.Module, out_dir: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
                 consolidate: bool | None = None, progress=None) -> ExportResult:
     """Export ``model`` (``forward(x, timesteps, context, y=None)``) to ``out_dir``.
@@ -132,7 +168,7 @@ def export_unet(model: nn.Module, out_dir: str | os.PathLike, *, opset: int = DE
     start = time.perf_counter()
     try:
         report(0.05, f"tracing the {description.label} UNet ({description.parameters / 1e6:.0f} M parameters)")
-        with on_cpu_in_fp32(model), sdpa_attention(model), torch.no_grad():
+        with on_cpu_in_fp32(model), sdpa_attention(model), _without_onnx_package(), torch.no_grad():
             wrapper = _OnnxSignature(model, takes_y).eval()
             import warnings
 

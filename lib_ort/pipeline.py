@@ -47,6 +47,8 @@ def prepare(model: nn.Module | None, registry: Registry, checkpoint: dict, ep: s
             force: bool = False, progress=None, timeout: float | None = None) -> Prepared:
     """An artefact of ``model`` for ``ep``: the registered one if valid (unless ``force``), else new.
 
+    ``model`` may be None when the export for ``checkpoint`` already exists.
+
     ``progress(fraction, message)``: export takes the first 40 %, optimization the rest.
     """
     report = progress or (lambda fraction, message: None)
@@ -61,10 +63,14 @@ def prepare(model: nn.Module | None, registry: Registry, checkpoint: dict, ep: s
                 return Prepared(artefact, kept, t.get("export_s"), t.get("optimize_s"), True, True)
             except Exception:
                 pass  # invalid: make it again below
+    folder = export_folder(registry, checkpoint["hash"], opset)
     if model is None:
-        raise ValueError("no model given and no valid artefact registered for this checkpoint")
-    folder, export_cached = ensure_export(model, registry, checkpoint, opset=opset,
-                                          progress=lambda f, m: report(0.4 * f, m))
+        if not (folder / "export.json").exists():
+            raise ValueError("no model given and no export or valid artefact for this checkpoint")
+        export_cached = True
+    else:
+        folder, export_cached = ensure_export(model, registry, checkpoint, opset=opset,
+                                              progress=lambda f, m: report(0.4 * f, m))
     export_s = load_export_info(folder).get("export_s")
     artefact = optimize_export(folder, ep, registry, checkpoint=checkpoint, toolchain=toolchain, timeout=timeout,
                                progress=lambda f, m: report(0.4 + 0.6 * f, m))

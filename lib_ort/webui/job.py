@@ -1,0 +1,239 @@
+"""Per-generation state: CFG-free, the fp16 VAE, forced fallbacks and what goes into the infotext.
+
+CFG-free uses the WebUI's own switch (``skip_early_cond = 1.0`` makes the CFG denoiser skip the
+unconditional rows at every step), but never through ``override_settings``: the WebUI restores only
+override keys that were already in ``opts.data``, so on a fresh install the value would stay set and
+every later CFG-7 generation would silently ignore its negative prompt. ``OptionScope`` sets the
+values itself and puts back exactly what was there (including "not set at all"); it is restored at
+``postprocess``, at ``p.close()`` (which the WebUI calls also when a job fails), and, as a last
+resort, at the start of the next job.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from modules import devices, shared
+
+from . import service, settings
+
+INFOTEXT_KEY = "ORT Turbo"
+INFOTEXT_CFG_FREE = "ORT Turbo CFG-free"
+_MISSING = object()
+
+
+class OptionScope:
+    """Set some ``shared.opts`` values for one job and restore them exactly afterwards."""
+
+    def __init__(self, values: dict):
+        self.values = values
+        self.saved: dict | None = None
+
+    def apply(self) -> None:
+        opts = shared.opts
+        self.saved = {key: opts.data.get(key, _MISSING) for key in self.values}
+        for key, value in self.values.items():
+            opts.data[key] = value
+
+    def restore(self) -> None:
+        if self.saved is None:
+            return
+        for key, value in self.saved.items():
+            if value is _MISSING:
+                shared.opts.data.pop(key, None)
+            else:
+                shared.opts.data[key] = value
+        self.saved = None
+
+
+class VaeScope:
+    """Switch the VAE to fp16 or fp32 for one job, as the setting says, within the WebUI's rules.
+
+    ``--no-half``/``--no-half-vae`` always win. If the WebUI's NaN auto-revert moves the VAE to fp32
+    during a job, its decision stands for the rest of the session.
+    """
+
+    reverted_by_webui = False
+
+    def __init__(self):
+        self.previous = None
+        self.applied = None
+
+    def target(self) -> torch.dtype:
+        want_fp16 = bool(getattr(shared.opts, settings.FP16_VAE, True))
+        flags = shared.cmd_opts
+        if want_fp16 and (getattr(flags, "no_half", False) or getattr(flags, "no_half_vae", False)):
+            return torch.float32
+        if want_fp16 and VaeScope.reverted_by_webui:
+            return torch.float32
+        return torch.float16 if want_fp16 else torch.float32
+
+    def apply(self, sd_model) -> list[str]:
+        notes = []
+        target = self.target()
+        if target == torch.float16 and getattr(sd_model, "is_sdxl", False) and _stock_vae():
+            notes.append("the stock SDXL VAE overflows in fp16 (black or NaN images); use the sdxl-vae-fp16-fix "
+                         "VAE or turn off 'fp16 VAE' in Settings > ORT Turbo")
+        if devices.dtype_vae != target:
+            self.previous = devices.dtype_vae
+            self.applied = target
+            devices.dtype_vae = target
+            sd_model.first_stage_model.to(target)
+        return notes
+
+    def restore(self, sd_model) -> None:
+        if self.applied is None:
+            return
+        if self.applied == torch.float16 and devices.dtype_vae != torch.float16:
+            VaeScope.reverted_by_webui = True  # the NaN auto-revert ran: keep its fp32 VAE
+            service.log("the WebUI reverted the VAE to fp32 after NaNs; ORT Turbo keeps it so this session")
+        else:
+            devices.dtype_vae = self.previous
+            if sd_model is not None:
+                sd_model.first_stage_model.to(self.previous)
+        self.applied = self.previous = None
+
+
+def _stock_vae() -> bool:
+    try:
+        from modules import sd_vae
+
+        return getattr(sd_vae, "loaded_vae_file", None) is None
+    except ImportError:
+        return True
+
+
+class Job:
+    """What one generation did: ORT calls, fallbacks and why, the scopes to undo."""
+
+    def __init__(self):
+        self.forced_fallback: str | None = None
+        self.ort_calls = 0
+        self.fallback_calls = 0
+        self.reasons: list[str] = []
+        self.artefact = None
+        self.options: OptionScope | None = None
+        self.vae: VaeScope | None = None
+        self.sd_model = None
+        self.warned = False
+
+    def ran_on_ort(self, artefact) -> None:
+        self.ort_calls += 1
+        self.artefact = artefact
+
+    def fell_back(self, reason: str) -> None:
+        self.fallback_calls += 1
+        if reason not in self.reasons:
+            self.reasons.append(reason)
+            service.log(f"PyTorch UNet used: {reason}")
+
+    def infotext(self) -> str | None:
+        if self.fallback_calls:
+            prefix = "PyTorch fallback" if not self.ort_calls else "partly PyTorch"
+            return f"{prefix}: {'; '.join(self.reasons)}"
+        if self.ort_calls:
+            return f"{self.artefact.id} ({self.artefact.ep})"
+        return None
+
+    def restore(self) -> None:
+        if self.options is not None:
+            self.options.restore()
+            self.options = None
+        if self.vae is not None:
+            self.vae.restore(self.sd_model)
+            self.vae = None
+
+
+_job = [Job()]
+
+
+def current_job() -> Job:
+    return _job[0]
+
+
+def start_job(p, cfg_free: bool) -> Job:
+    """Called from ``before_process``: undo a job that never finished, then set this one up."""
+    _job[0].restore()
+    job = _job[0] = Job()
+    job.sd_model = shared.sd_model
+    values = {}
+    if cfg_free and bool(getattr(shared.opts, settings.CFG_FREE, True)) and p.cfg_scale <= 1:
+        values["skip_early_cond"] = 1.0
+        if getattr(job.sd_model.model.diffusion_model, "in_channels", 4) == 9:
+            values["batch_cond_uncond"] = False  # the WebUI does not trim image_cond when it skips
+        p.extra_generation_params[INFOTEXT_CFG_FREE] = True
+    second_pass = getattr(p, "enable_hr", False) or getattr(p, "init_images", None) is not None
+    if second_pass and p.steps <= 4 and not shared.opts.img2img_fix_steps:
+        # at 1-4 steps the WebUI would otherwise run int(denoise * steps) steps: 0 at 1 step
+        values["img2img_fix_steps"] = True
+    if values:
+        job.options = OptionScope(values)
+        job.options.apply()
+    job.vae = VaeScope()
+    for note in job.vae.apply(job.sd_model):
+        service.log(note)
+        _comment(p, f"ORT Turbo: {note}")
+    _restore_on_close(p, job)
+    return job
+
+
+def _restore_on_close(p, job: Job) -> None:
+    """``p.close()`` runs when the job ends, also on errors: restore there too."""
+    original = p.close
+
+    def close(*args, **kwargs):
+        try:
+            job.restore()
+        finally:
+            return original(*args, **kwargs)
+
+    p.close = close
+
+
+def _comment(p, text: str) -> None:
+    if hasattr(p, "comment"):
+        p.comment(text)
+
+
+def forced_fallback_reason(p) -> str | None:
+    """What in this batch the ONNX UNet would silently ignore, or None."""
+    networks = getattr(p, "extra_network_data", None) or {}
+    active = sorted(name for name, params in networks.items() if params and name in ("lora", "lyco", "hypernet"))
+    if active:
+        return f"{'/'.join(active)} networks in the prompt are not part of the exported UNet"
+    unet = shared.sd_model.model.diffusion_model
+    if "forward" in vars(unet):
+        return "ControlNet or another extension replaced the UNet's forward"
+    if getattr(p, "tiling", False):
+        return "tiling changes the UNet's padding, which the export does not have"
+    ratio = p.get_token_merging_ratio() if hasattr(p, "get_token_merging_ratio") else 0
+    if ratio:
+        return "token merging patches the PyTorch UNet"
+    return None
+
+
+def before_batch(p, ours_active: bool, unet) -> None:
+    job = current_job()
+    if not ours_active:
+        return
+    job.forced_fallback = forced_fallback_reason(p)
+    if job.forced_fallback:
+        # ControlNet and friends call the PyTorch blocks directly: they must be on the device
+        unet.ensure_torch_unet_on_device(shared.sd_model.model.diffusion_model)
+        job.fell_back(job.forced_fallback)
+    else:
+        unet.park_torch_unet()
+
+
+def after_batch(p) -> None:
+    job = current_job()
+    text = job.infotext()
+    if text is not None:
+        p.extra_generation_params[INFOTEXT_KEY] = text
+    if job.fallback_calls and not job.warned:
+        job.warned = True
+        _comment(p, f"ORT Turbo: the PyTorch UNet ran ({'; '.join(job.reasons)})")
+
+
+def finish_job() -> None:
+    current_job().restore()

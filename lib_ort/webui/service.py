@@ -1,0 +1,142 @@
+"""What the tab, the API routes and the UNet share: the registry, the provider, export, list, delete.
+
+Exporting takes the WebUI's queue lock only while it touches the loaded model (the trace, about a
+minute for SD-Turbo); the optimization child runs after the lock is released, so generation and the
+rest of the UI go on during the minutes Olive takes.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from modules import shared
+
+from ..errors import OrtTurboError
+from ..optimize import Toolchain
+from ..pipeline import export_folder, prepare
+from ..registry import Registry
+from . import settings
+
+LOG_PREFIX = "[ORT Turbo]"
+_generation = [0]  # bumped whenever artefacts change, so an active UNet looks its artefact up again
+
+
+def log(message: str) -> None:
+    print(f"{LOG_PREFIX} {message}", file=sys.stderr, flush=True)
+
+
+def registry_generation() -> int:
+    return _generation[0]
+
+
+def artefacts_changed() -> None:
+    _generation[0] += 1
+
+
+def data_dir() -> Path:
+    return Path(getattr(shared, "data_path", ".")) / "ort-turbo"
+
+
+def registry() -> Registry:
+    custom = (getattr(shared.opts, settings.ARTEFACT_DIR, "") or "").strip()
+    return Registry(Path(custom) if custom else data_dir() / "artefacts")
+
+
+def provider() -> str:
+    return settings.resolve_provider(getattr(shared.opts, settings.PROVIDER, "Automatic"))
+
+
+def toolchain() -> Toolchain:
+    """The Olive environment the optimization child runs in (made on first use by the installer module)."""
+    try:
+        from ..toolchain import ensure_toolchain  # the install issue's toolchain manager
+    except ImportError:
+        return Toolchain()
+    return ensure_toolchain(data_dir() / "toolchain", progress=lambda f, m: log(m))
+
+
+def checkpoint_record(info) -> dict:
+    """The manifest's checkpoint entry for a WebUI CheckpointInfo (hash first: names move and collide)."""
+    sha256 = getattr(info, "sha256", None)
+    if not sha256 and hasattr(info, "calculate_shorthash"):
+        info.calculate_shorthash()
+        sha256 = info.sha256
+    if not sha256:
+        raise OrtTurboError(f"the WebUI has no sha256 for {info.title}; cannot key an export to it")
+    return {"hash": sha256, "name": info.title, "model_name": info.model_name,
+            "name_for_extra": getattr(info, "name_for_extra", None)}
+
+
+def find_artefact(info, ep: str):
+    """The valid artefact for this checkpoint and provider; None if none; ArtefactError if broken."""
+    reg = registry()
+    record = checkpoint_record(info)
+    folder = reg.find(record["hash"], ep)
+    return None if folder is None else reg.load(folder, record["hash"])
+
+
+def artefact_rows() -> list[dict]:
+    rows = []
+    for row in registry().list():
+        m = row.manifest or {}
+        rows.append({
+            "id": row.id,
+            "checkpoint": (m.get("checkpoint") or {}).get("name", "?"),
+            "provider": m.get("ep", "?"),
+            "precision": m.get("precision", "?"),
+            "family": m.get("family", "?"),
+            "size_mb": round(sum((m.get("files") or {}).values()) / 2**20, 1),
+            "created": m.get("created", "?"),
+            "valid": row.valid,
+            "problem": row.problem or "",
+        })
+    return rows
+
+
+def delete_artefact(artefact_id: str) -> None:
+    registry().delete(artefact_id)
+    artefacts_changed()
+
+
+def export_loaded_checkpoint(ep: str, progress=None) -> dict:
+    """Export and optimize the loaded checkpoint's UNet for ``ep``; returns the artefact's manifest."""
+    from modules import call_queue, sd_unet
+
+    report = progress or (lambda fraction, message: None)
+    last = [0.0]
+
+    def both(fraction, message):
+        report(fraction, message)
+        if time.monotonic() - last[0] > 10 or fraction in (0.0, 1.0):
+            log(f"{fraction * 100:3.0f} % {message}")
+            last[0] = time.monotonic()
+
+    if ep not in settings.PROVIDERS.values():
+        raise OrtTurboError(f"unknown provider {ep!r}; choose one of {', '.join(settings.PROVIDERS.values())}")
+    sd_model = shared.sd_model
+    if sd_model is None:
+        raise OrtTurboError("no checkpoint is loaded")
+    reg = registry()
+    record = checkpoint_record(sd_model.sd_checkpoint_info)
+    both(0.0, f"exporting {record['name']} for {ep}")
+    with call_queue.queue_lock:  # no generation may run while the UNet is traced on the CPU in fp32
+        was_active = sd_unet.current_unet is not None
+        sd_unet.apply_unet("None")  # route UNet calls to PyTorch during the trace
+        try:
+            from ..pipeline import ensure_export
+
+            ensure_export(sd_model.model.diffusion_model, reg, record, progress=lambda f, m: both(0.4 * f, m))
+        finally:
+            if was_active:
+                sd_unet.apply_unet()
+    tools = toolchain()
+    try:
+        prepared = prepare(None, reg, record, ep, toolchain=tools, force=True, keep_export=False,
+                           progress=lambda f, m: both(f, m))
+    finally:
+        artefacts_changed()
+    sd_unet.list_unets()
+    both(1.0, f"ready: {prepared.artefact.id}")
+    return prepared.artefact.manifest

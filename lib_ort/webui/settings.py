@@ -1,0 +1,67 @@
+"""The "ORT Turbo" settings section.
+
+Registered at import time through ``shared.options_templates`` (as the built-in Lora extension does)
+so the options also exist under ``--api``/``--nowebui``, where callback-registered options are
+missing from ``/sdapi/v1/options``.
+"""
+
+from __future__ import annotations
+
+SECTION = ("ort_turbo", "ORT Turbo", "sd")
+
+PROVIDER = "ort_turbo_provider"
+FP16_VAE = "ort_turbo_fp16_vae"
+CUDA_GRAPHS = "ort_turbo_cuda_graphs"
+CFG_FREE = "ort_turbo_cfg_free"
+ARTEFACT_DIR = "ort_turbo_artefact_dir"
+
+#: setting label -> engine execution provider
+PROVIDERS = {"CUDA": "cuda", "TensorRT": "tensorrt", "DirectML": "dml", "CPU": "cpu"}
+PROVIDER_CHOICES = ["Automatic", *PROVIDERS]
+#: Automatic picks the first of these that this ONNX Runtime offers (TensorRT only when chosen)
+AUTOMATIC_ORDER = ("cuda", "dml", "cpu")
+
+
+def provider_status() -> dict[str, str | None]:
+    """For each provider label: None if this install can run it, else why not."""
+    from ..sessions import PROVIDER_NAMES
+
+    try:
+        import onnxruntime
+
+        available = set(onnxruntime.get_available_providers())
+        version = onnxruntime.__version__
+    except ImportError:
+        return {label: "onnxruntime is not installed (see the console of the last start)" for label in PROVIDERS}
+    return {label: None if PROVIDER_NAMES[ep] in available else f"not in this onnxruntime {version}"
+            for label, ep in PROVIDERS.items()}
+
+
+def resolve_provider(choice: str, status: dict | None = None) -> str:
+    """The engine provider for a setting value; Automatic picks the best one this install offers."""
+    status = provider_status() if status is None else status
+    if choice in PROVIDERS:
+        return PROVIDERS[choice]
+    by_ep = {PROVIDERS[label]: why for label, why in status.items()}
+    return next((ep for ep in AUTOMATIC_ORDER if by_ep.get(ep) is None), "cpu")
+
+
+def _provider_info() -> str:
+    status = provider_status()
+    missing = [f"{label}: {why}" for label, why in status.items() if why]
+    return "Unavailable here: " + "; ".join(missing) if missing else "all providers available"
+
+
+def option_templates(shared, gr) -> dict:
+    """The section's options, for ``shared.options_templates.update(...)``."""
+    OptionInfo = shared.OptionInfo
+    return shared.options_section(SECTION, {
+        PROVIDER: OptionInfo("Automatic", "Execution provider", gr.Dropdown, {"choices": PROVIDER_CHOICES})
+        .info(_provider_info()),
+        FP16_VAE: OptionInfo(True, "fp16 VAE (ignored with --no-half-vae / --no-half; the stock SDXL VAE overflows "
+                                   "in fp16, use the fp16-fix VAE)"),
+        CUDA_GRAPHS: OptionInfo(False, "Static shapes with CUDA graphs (CUDA provider; one graph per image size)"),
+        CFG_FREE: OptionInfo(True, "CFG-free sampling at CFG scale <= 1 (skip the negative prompt's UNet rows)"),
+        ARTEFACT_DIR: OptionInfo("", "Folder for exported models (empty: ORT Turbo's folder in the WebUI's data "
+                                     "directory)"),
+    })

@@ -1,0 +1,136 @@
+"""The "ORT Turbo" entry of the WebUI's SD Unet list and the UNet it creates.
+
+One option, labelled "ORT Turbo", follows the loaded checkpoint: its UNet uses the artefact exported
+for that checkpoint's hash and the selected provider. Options compare equal by label, so refreshing
+the list does not reload the session. For "Automatic", ``model_name`` answers the loaded checkpoint's
+own ``model_name`` (sub-folders included) when an artefact exists for it, so the WebUI's exact match
+picks ORT Turbo for exported checkpoints and nothing else.
+
+Every call the artefact cannot serve runs the PyTorch UNet instead (moved back to the device if
+``apply_unet`` had parked it on the CPU), and the reason goes to the job's report for the infotext.
+"""
+
+from __future__ import annotations
+
+from modules import devices, sd_unet, shared
+
+from ..errors import ArtefactError, OrtTurboError, UnsupportedInput
+from ..unet import OrtUnet
+from . import service, settings
+from .job import current_job
+
+LABEL = "ORT Turbo"
+
+
+class OrtTurboOption(sd_unet.SdUnetOption):
+    label = LABEL
+
+    @property
+    def model_name(self):
+        model = shared.sd_model
+        info = getattr(model, "sd_checkpoint_info", None)
+        if info is None:
+            return None
+        try:
+            return info.model_name if service.find_artefact(info, service.provider()) is not None else None
+        except OrtTurboError:
+            return None
+
+    def create_unet(self):
+        return OrtTurboUnet()
+
+    def __eq__(self, other):
+        return isinstance(other, OrtTurboOption) and other.label == self.label
+
+    def __hash__(self):
+        return hash(("ort-turbo", self.label))
+
+
+def list_unets(res: list) -> None:
+    res.append(OrtTurboOption())
+
+
+def is_ours_active() -> bool:
+    return isinstance(sd_unet.current_unet, OrtTurboUnet)
+
+
+class OrtTurboUnet(sd_unet.SdUnet):
+    def __init__(self):
+        super().__init__()
+        self.key = None
+        self.ort: OrtUnet | None = None
+        self.artefact = None
+        self.unavailable: str | None = None
+        self.torch_unet_on_device = False
+
+    # -- binding to the loaded checkpoint ---------------------------------------------------------
+
+    def activate(self):
+        self.bind()
+        if self.unavailable:
+            service.log(f"PyTorch UNet will run: {self.unavailable}")
+
+    def deactivate(self):
+        self.ort = None
+        self.artefact = None
+        self.key = None
+
+    def bind(self) -> str | None:
+        """Load the artefact for the loaded checkpoint and provider if they changed; the reason if none."""
+        info = shared.sd_model.sd_checkpoint_info
+        ep = service.provider()
+        graphs = bool(getattr(shared.opts, settings.CUDA_GRAPHS, False))
+        key = (info.filename, getattr(info, "sha256", None), ep, graphs, service.registry_generation())
+        if key == self.key:
+            return self.unavailable
+        self.key, self.ort, self.artefact, self.unavailable = key, None, None, None
+        try:
+            artefact = service.find_artefact(info, ep)
+            if artefact is None:
+                self.unavailable = f"no {ep} export for {info.title}; export it in the ORT Turbo tab"
+            else:
+                self.ort = OrtUnet(artefact, cuda_graph=graphs and ep == "cuda")
+                self.artefact = artefact
+        except (ArtefactError, OrtTurboError) as exc:
+            self.unavailable = str(exc)
+        return self.unavailable
+
+    # -- calls ---------------------------------------------------------------------------------
+
+    def forward(self, x, timesteps, context, *args, **kwargs):
+        job = current_job()
+        reason = job.forced_fallback or self.bind()
+        if reason is None:
+            try:
+                out = self.ort(x, timesteps, context, y=kwargs.get("y"), control=kwargs.get("control"))
+                job.ran_on_ort(self.artefact)
+                return out
+            except UnsupportedInput as exc:
+                reason = exc.reason
+            except Exception as exc:  # an ONNX Runtime failure must not end the user's generation
+                reason = f"ONNX Runtime failed ({type(exc).__name__}: {exc})"
+        job.fell_back(reason)
+        return self.torch_forward(x, timesteps, context, *args, **kwargs)
+
+    def torch_forward(self, x, timesteps, context, *args, **kwargs):
+        unet = shared.sd_model.model.diffusion_model
+        self.ensure_torch_unet_on_device(unet)
+        routed = sd_unet.current_unet
+        sd_unet.current_unet = None  # the class-level forward would route the call back to us
+        try:
+            return unet(x, timesteps, context, *args, **kwargs)
+        finally:
+            sd_unet.current_unet = routed
+
+    def ensure_torch_unet_on_device(self, unet) -> None:
+        param = next(unet.parameters())
+        if param.device != devices.device:
+            unet.to(devices.device)
+            self.torch_unet_on_device = True
+
+    def park_torch_unet(self) -> None:
+        """Give the PyTorch UNet's device memory back once ORT serves the job again."""
+        if self.torch_unet_on_device and devices.device != devices.cpu:
+            shared.sd_model.model.diffusion_model.to(devices.cpu)
+            devices.torch_gc()
+        self.torch_unet_on_device = False

@@ -1,0 +1,44 @@
+"""ORT Turbo's WebUI entry point: registers its SD Unet, settings, tab, accordion and API routes.
+
+Thin on purpose: the logic lives in lib_ort.webui (WebUI-facing) and lib_ort (engine).
+"""
+
+import gradio as gr
+
+from modules import script_callbacks, scripts, shared
+
+from lib_ort.webui import job, settings, ui, unet
+from lib_ort.webui.api import add_routes
+
+shared.options_templates.update(settings.option_templates(shared, gr))
+script_callbacks.on_list_unets(unet.list_unets)
+script_callbacks.on_ui_tabs(lambda: [(ui.build_tab(), "ORT Turbo", "ort_turbo")])
+script_callbacks.on_app_started(lambda demo, app: add_routes(app))
+
+
+class OrtTurboScript(scripts.Script):
+    def title(self):
+        return "ORT Turbo"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        components = ui.build_accordion(is_img2img)
+        self.infotext_fields = [(components[0], lambda d: str(d.get(job.INFOTEXT_CFG_FREE, "False")) == "True")]
+        self.paste_field_names = [job.INFOTEXT_CFG_FREE]
+        return components
+
+    def before_process(self, p, cfg_free=True, *args):
+        job.start_job(p, bool(cfg_free))
+
+    def process_batch(self, p, *args, **kwargs):
+        from modules import sd_unet
+
+        job.before_batch(p, unet.is_ours_active(), sd_unet.current_unet)
+
+    def postprocess_batch(self, p, *args, **kwargs):
+        job.after_batch(p)
+
+    def postprocess(self, p, processed, *args):
+        job.finish_job()

@@ -1,0 +1,132 @@
+"""Adapter tests: run in a WebUI-like environment (.venv-webui: gradio 3.41.2, fastapi 0.94,
+pydantic 1, numpy 1.26.2, protobuf 3.20.0, onnxruntime 1.26.0, no Olive, no onnx) against the
+stand-in of the WebUI API in tests/webui_stub. Optimization runs in a child process with the dev
+environment (.venv) as the Olive toolchain, as it runs in a WebUI with the extension's toolchain."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "webui_stub"))
+sys.path.insert(0, str(REPO))
+
+from modules import devices, script_callbacks, sd_unet, shared  # noqa: E402
+from modules.sd_models import CheckpointInfo  # noqa: E402
+
+from lib_ort.architectures import build_unet  # noqa: E402
+from lib_ort.describe import state_dict_digest  # noqa: E402
+from lib_ort.optimize import Toolchain  # noqa: E402
+
+TOOLCHAIN_PYTHON = os.environ.get("ORT_TURBO_TOOLCHAIN_PYTHON", str(REPO / ".venv" / "bin" / "python"))
+
+
+class StubVae(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, z):
+        assert z.dtype == self.scale.dtype, "the WebUI casts latents to the VAE's dtype"
+        return z * self.scale
+
+
+class StubSdModel:
+    """The loaded checkpoint as the extension sees it: a real ldm UNet behind the WebUI's routing."""
+
+    def __init__(self, arch: str, filename: str):
+        self.unet = build_unet(arch, seed=0)
+        self.model = types.SimpleNamespace(diffusion_model=self.unet)
+        self.sd_checkpoint_info = CheckpointInfo(filename, state_dict_digest(self.unet))
+        self.first_stage_model = StubVae().to(devices.dtype_vae)
+        self.inpaint = self.unet.in_channels == 9
+        self.is_sdxl = False
+        self.context_dim = 96 if "sd2" in arch else 64
+        self.rows_per_call: list[int] = []
+
+    def encode(self, batch, length, generator):
+        return torch.randn(batch, length, self.context_dim, generator=generator)
+
+    def denoise(self, x, sigma, cond, image_cond):
+        """k-diffusion's CompVisDenoiser: scale the input, fractional t, eps -> denoised."""
+        self.rows_per_call.append(x.shape[0])
+        s = sigma[:, None, None, None]
+        x_in = x / torch.sqrt(s ** 2 + 1)
+        if image_cond is not None:
+            x_in = torch.cat([x_in, image_cond], dim=1)
+        t = sigma * 60.0
+        with torch.no_grad():
+            eps = self.unet(x_in, t, context=cond)
+        return x - eps * s
+
+
+@pytest.fixture(scope="session", autouse=True)
+def webui_routing():
+    """What sd_hijack does: route the ldm UNetModel class's forward through sd_unet."""
+    from ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    original = UNetModel.forward
+    UNetModel.forward = sd_unet.create_unet_forward(original)
+    yield
+    UNetModel.forward = original
+
+
+@pytest.fixture(scope="session")
+def extension(tmp_path_factory):
+    """Load scripts/ort_turbo.py as the WebUI does (module name = file name)."""
+    shared.data_path = str(tmp_path_factory.mktemp("webui-data"))
+    spec = importlib.util.spec_from_file_location("ort_turbo", REPO / "scripts" / "ort_turbo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from lib_ort.webui import service
+
+    service.toolchain = lambda: Toolchain(python=TOOLCHAIN_PYTHON)
+    return module
+
+
+@pytest.fixture(scope="session")
+def sd2_model(extension):
+    return StubSdModel("tiny-sd2", "models/Stable-diffusion/turbo/tiny-sd2.safetensors")
+
+
+@pytest.fixture(scope="session")
+def exported(extension, sd2_model):
+    """The tiny SD2 checkpoint exported from the 'WebUI' and optimized for the CPU provider once."""
+    from lib_ort.webui import service
+
+    shared.sd_model = sd2_model
+    return service.export_loaded_checkpoint("cpu")
+
+
+@pytest.fixture()
+def fresh_webui(extension, sd2_model):
+    """A fresh config (no key set by the user), the tiny SD2 checkpoint loaded, no SD Unet active."""
+    shared.opts.data.clear()
+    shared.state.interrupted = False
+    shared.cmd_opts.no_half = shared.cmd_opts.no_half_vae = False
+    devices.dtype_vae = torch.float16
+    shared.sd_model = sd2_model
+    sd2_model.first_stage_model.to(devices.dtype_vae)
+    sd2_model.rows_per_call.clear()
+    from lib_ort.webui.job import VaeScope
+
+    VaeScope.reverted_by_webui = False
+    sd_unet.list_unets()
+    sd_unet.apply_unet("None")
+    yield shared
+    sd_unet.apply_unet("None")
+    for name in [k for k, v in vars(sd2_model.unet).items() if k == "forward"]:
+        delattr(sd2_model.unet, name)
+
+
+def script_runner(extension, cfg_free=True):
+    from modules.scripts import ScriptRunner
+
+    return ScriptRunner([(extension.OrtTurboScript(), (cfg_free,))])

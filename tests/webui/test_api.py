@@ -1,0 +1,58 @@
+"""The headless routes and /sdapi-style generation with override_settings and alwayson_scripts."""
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from conftest import script_runner
+from modules import script_callbacks, shared
+from modules.processing import StableDiffusionProcessing, run_job
+
+
+@pytest.fixture()
+def client(fresh_webui, exported):
+    app = FastAPI()
+    script_callbacks.app_started_callback(None, app)
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def test_list_export_delete_round_trip(client, exported):
+    rows = client.get("/ort-turbo/v1/artefacts").json()
+    assert exported["id"] in [r["id"] for r in rows]
+    made = client.post("/ort-turbo/v1/export", json={"provider": "cpu"})
+    assert made.status_code == 200, made.text
+    manifest = made.json()
+    assert manifest["id"] == exported["id"] and manifest["ep"] == "cpu" and manifest["family"] == "sd2"
+    assert manifest["checkpoint"]["model_name"] == "turbo_tiny-sd2"
+
+
+def test_errors_are_http_errors_with_a_message(client):
+    bad = client.post("/ort-turbo/v1/export", json={"provider": "rocm"})
+    assert bad.status_code == 400 and "unknown provider 'rocm'" in bad.json()["detail"]
+    missing = client.delete("/ort-turbo/v1/artefacts/nope-cpu-fp32")
+    assert missing.status_code == 404 and "no artefact" in missing.json()["detail"]
+    saved = shared.sd_model
+    shared.sd_model = None
+    try:
+        none = client.post("/ort-turbo/v1/export", json={"provider": "cpu"})
+        assert none.status_code == 409 and none.json()["detail"] == "no checkpoint is loaded"
+    finally:
+        shared.sd_model = saved
+
+
+def test_delete_then_generation_falls_back_then_export_again(client, exported, extension):
+    assert client.delete(f"/ort-turbo/v1/artefacts/{exported['id']}").json() == {"deleted": exported["id"]}
+    p = StableDiffusionProcessing(script_runner(extension), steps=1, override_settings={"sd_unet": "ORT Turbo"})
+    assert "PyTorch fallback: no cpu export" in run_job(p).infotexts[0]
+    assert client.post("/ort-turbo/v1/export", json={"provider": "CPU"}).status_code == 200
+
+
+def test_txt2img_with_override_settings_and_alwayson_args_behaves_like_the_ui(client, exported, extension):
+    """/sdapi/v1/txt2img: override_settings={"sd_unet": "ORT Turbo"}, alwayson_scripts args [true]."""
+    p = StableDiffusionProcessing(script_runner(extension, cfg_free=True), batch_size=2, steps=2, cfg_scale=1.0,
+                                  override_settings={"sd_unet": "ORT Turbo"})
+    processed = run_job(p)
+    assert f"ORT Turbo: {exported['id']} (cpu)" in processed.infotexts[0]
+    assert "ORT Turbo CFG-free: True" in processed.infotexts[0]
+    assert shared.sd_model.rows_per_call == [2, 2]
+    assert "skip_early_cond" not in shared.opts.data

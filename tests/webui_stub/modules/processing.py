@@ -1,0 +1,113 @@
+"""Stand-in of modules/processing.py: the hook order of process_images and its settings restore rule.
+
+``process_images`` snapshots only the override keys already in ``opts.data`` and restores only those
+(processing.py ~823 in v1.10.1) - the trap that makes ``override_settings`` unsafe for CFG-free.
+"""
+
+from contextlib import closing
+
+import torch
+
+from modules import devices, sd_unet, shared
+from modules.sd_samplers_cfg_denoiser import CFGDenoiser
+
+
+class Processed:
+    def __init__(self, images, infotexts):
+        self.images = images
+        self.infotexts = infotexts
+
+
+class StableDiffusionProcessing:
+    def __init__(self, scripts, batch_size=1, steps=1, cfg_scale=1.0, width=64, height=64, seed=0, n_iter=1,
+                 override_settings=None, extra_network_data=None, prompt_len=77, init_images=None,
+                 enable_hr=False, fail_at_step=None):
+        self.scripts = scripts
+        self.batch_size, self.steps, self.cfg_scale = batch_size, steps, cfg_scale
+        self.width, self.height, self.seed, self.n_iter = width, height, seed, n_iter
+        self.override_settings = dict(override_settings or {})
+        self.override_settings_restore_afterwards = True
+        self.extra_generation_params = {}
+        self.extra_network_data = extra_network_data or {}
+        self.comments = {}
+        self.prompt_len = prompt_len
+        self.init_images = init_images
+        self.enable_hr = enable_hr
+        self.tiling = False
+        self.fail_at_step = fail_at_step
+        self.closed = False
+        self.sd_model = shared.sd_model
+
+    def comment(self, text):
+        self.comments[text] = 1
+
+    def get_token_merging_ratio(self):
+        return 0
+
+    def close(self):
+        self.closed = True
+
+    def sample(self):
+        """Euler over sigmas from 14.6 to 0 through the CFG denoiser, as k-diffusion's sampler does."""
+        model = shared.sd_model
+        g = torch.Generator().manual_seed(self.seed)
+        h, w = self.height // 8, self.width // 8
+        b = self.batch_size
+        sigmas = torch.linspace(14.6, 0.0, self.steps + 1)
+        x = torch.randn(b, 4, h, w, generator=g) * sigmas[0]
+        cond = model.encode(b, self.prompt_len, g)
+        uncond = model.encode(b, self.prompt_len, g)
+        image_cond = torch.randn(b, 5, h, w, generator=g) if model.inpaint else None
+        denoiser = CFGDenoiser(model.denoise, self.steps)
+        for i in range(self.steps):
+            if shared.state.interrupted:
+                break
+            if self.fail_at_step == i:
+                raise RuntimeError("sampling failed on purpose")
+            sigma = sigmas[i].expand(b)
+            denoised = denoiser.forward(x, sigma, uncond, cond, self.cfg_scale, image_cond)
+            x = x + (x - denoised) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+        return x
+
+
+def create_infotext(p):
+    params = {"Steps": p.steps, "CFG scale": p.cfg_scale, "Size": f"{p.width}x{p.height}", **p.extra_generation_params}
+    return ", ".join(f"{k}: {v}" for k, v in params.items())
+
+
+def process_images(p):
+    p.scripts.before_process(p)
+    stored_opts = {k: shared.opts.data[k] for k in p.override_settings.keys() if k in shared.opts.data}
+    try:
+        for k, v in p.override_settings.items():
+            shared.opts.set(k, v, is_api=True, run_callbacks=False)
+        return process_images_inner(p)
+    finally:
+        if p.override_settings_restore_afterwards:
+            for k, v in stored_opts.items():
+                setattr(shared.opts, k, v)
+
+
+def process_images_inner(p):
+    p.scripts.process(p)
+    sd_unet.apply_unet()
+    images, infotexts = [], []
+    for n in range(p.n_iter):
+        if shared.state.interrupted:
+            break
+        p.scripts.process_batch(p, batch_number=n)
+        samples = p.sample()
+        vae = shared.sd_model.first_stage_model
+        decoded = vae(samples.to(devices.dtype_vae)).float()
+        p.scripts.postprocess_batch(p, decoded, batch_number=n)
+        images.append(decoded)
+        infotexts.append(create_infotext(p))
+    processed = Processed(images, infotexts)
+    p.scripts.postprocess(p, processed)
+    return processed
+
+
+def run_job(p):
+    """What txt2img/img2img and the API do around process_images: ``p.close()`` always runs."""
+    with closing(p):
+        return process_images(p)

@@ -1,0 +1,52 @@
+"""Stand-in of modules/script_callbacks.py: the registries ORT Turbo uses, and a way to fire them."""
+
+import collections
+
+callbacks = collections.defaultdict(list)
+
+
+def _add(name, fn):
+    callbacks[name].append(fn)
+
+
+def on_list_unets(fn):
+    _add("list_unets", fn)
+
+
+def on_ui_settings(fn):
+    _add("ui_settings", fn)
+
+
+def on_ui_tabs(fn):
+    _add("ui_tabs", fn)
+
+
+def on_app_started(fn):
+    _add("app_started", fn)
+
+
+def on_model_loaded(fn):
+    _add("model_loaded", fn)
+
+
+def list_unets_callback():
+    res = []
+    for fn in callbacks["list_unets"]:
+        fn(res)
+    return res
+
+
+def ui_tabs_callback():
+    res = []
+    for fn in callbacks["ui_tabs"]:
+        res += fn() or []
+    return res
+
+
+def app_started_callback(demo, app):
+    for fn in callbacks["app_started"]:
+        fn(demo, app)
+
+
+def clear():
+    callbacks.clear()
