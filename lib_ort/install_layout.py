@@ -1,0 +1,156 @@
+"""What ORT Turbo writes where, and how to remove it again.
+
+Everything the extension writes lives in two folders, never in the WebUI's site-packages:
+
+* the **data folder** (``$ORT_TURBO_DATA``, else ``<extension>/data``):
+  ``toolchain/`` — the Olive toolchain environment (olive-ai, onnx, onnxscript, a newer
+  onnxruntime, pydantic 2, protobuf ≥ 4 …), used only by the optimization child process;
+  ``runtime-libs/cudnn9-cu12/`` — cuDNN 9 for onnxruntime-gpu, only when torch carries cuDNN 8;
+* the **artefact registry** (``$ORT_TURBO_HOME``, else ``<extension>/artefacts``): one folder per
+  optimized UNet plus ``exports/`` (the fp32 ONNX exports they were made from).
+
+The only thing installed into the WebUI's own environment is the ONNX Runtime package that
+install.py chose (and its small dependencies). It is left in place on clean-up, since other
+extensions may import ``onnxruntime`` too; :func:`uninstall_hint` says how to remove it by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from .errors import OrtTurboError
+
+EXTENSION_ROOT = Path(__file__).resolve().parent.parent
+DATA_ENV = "ORT_TURBO_DATA"
+ARTEFACTS_ENV = "ORT_TURBO_HOME"
+#: Written last into a folder we filled; a folder without it is half-made.
+COMPLETE_MARKER = ".ort-turbo-complete.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """The extension's data folder and the places under it."""
+
+    data: Path
+
+    @classmethod
+    def default(cls) -> "Layout":
+        return cls(Path(os.environ.get(DATA_ENV) or EXTENSION_ROOT / "data").absolute())
+
+    @property
+    def toolchain(self) -> Path:
+        return self.data / "toolchain"
+
+    @property
+    def runtime_libs(self) -> Path:
+        return self.data / "runtime-libs"
+
+    def side_folder(self, name: str) -> Path:
+        return self.runtime_libs / name
+
+
+def default_artefacts_root() -> Path:
+    return Path(os.environ.get(ARTEFACTS_ENV) or EXTENSION_ROOT / "artefacts").absolute()
+
+
+def read_marker(folder: Path) -> dict | None:
+    try:
+        return json.loads((folder / COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_marker(folder: Path, content: dict) -> None:
+    tmp = folder / (COMPLETE_MARKER + ".tmp")
+    tmp.write_text(json.dumps(content, indent=2, sort_keys=True))
+    os.replace(tmp, folder / COMPLETE_MARKER)
+
+
+def remove_tree(folder: Path) -> None:
+    """Remove a folder we own: rename it aside first, so a half-deleted tree never looks usable."""
+    if not folder.exists():
+        return
+    aside = folder.with_name(f".deleting-{folder.name}-{time.time_ns()}")
+    try:
+        os.replace(folder, aside)
+    except OSError:
+        aside = folder
+    shutil.rmtree(aside, ignore_errors=True)
+    if aside.exists():
+        raise OrtTurboError(f"could not delete {aside} completely (a file in use?); close the WebUI and delete it by hand")
+
+
+def folder_size(folder: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def usage(layout: Layout | None = None, artefacts_root: str | os.PathLike | None = None) -> dict:
+    """Bytes used by each thing the extension wrote (for the tab's clean-up section)."""
+    layout = layout or Layout.default()
+    root = Path(artefacts_root) if artefacts_root else default_artefacts_root()
+    return {"toolchain": folder_size(layout.toolchain), "runtime_libs": folder_size(layout.runtime_libs),
+            "artefacts": folder_size(root)}
+
+
+def delete_toolchain(layout: Layout | None = None) -> int:
+    """Delete the Olive toolchain; the next export builds it again. Returns the bytes freed."""
+    from .toolchain import toolchain_lock
+
+    layout = layout or Layout.default()
+    with toolchain_lock(layout.toolchain, wait=False):
+        freed = folder_size(layout.toolchain)
+        remove_tree(layout.toolchain)
+    return freed
+
+
+def delete_runtime_libs(layout: Layout | None = None) -> int:
+    """Delete side-installed runtime libraries (cuDNN 9); install.py puts them back at the next start."""
+    layout = layout or Layout.default()
+    freed = folder_size(layout.runtime_libs)
+    remove_tree(layout.runtime_libs)
+    return freed
+
+
+def delete_artefacts(artefacts_root: str | os.PathLike | None = None) -> int:
+    """Delete every artefact and export in the registry folder. Returns the bytes freed.
+
+    Only entries the registry writes are touched (folders with a manifest, ``exports/`` and the
+    registry's hidden temporary folders): a root pointed at the wrong folder loses nothing else.
+    """
+    from .pipeline import EXPORTS
+    from .registry import MANIFEST
+
+    root = Path(artefacts_root) if artefacts_root else default_artefacts_root()
+    if not root.is_dir():
+        return 0
+    freed = 0
+    for entry in root.iterdir():
+        ours = entry.is_dir() and ((entry / MANIFEST).exists() or entry.name == EXPORTS or entry.name.startswith(".tmp-"))
+        if ours:
+            freed += folder_size(entry)
+            remove_tree(entry)
+    try:
+        root.rmdir()  # only if nothing else was in it
+    except OSError:
+        pass
+    return freed
+
+
+def uninstall_hint(python: str) -> str:
+    """How to remove everything, including what install.py put into the WebUI's environment."""
+    layout = Layout.default()
+    return (f'Delete {layout.data} and {default_artefacts_root()}, then, if no other extension uses it: '
+            f'"{python}" -m pip uninstall onnxruntime onnxruntime-gpu onnxruntime-directml '
+            f'(pip asks before removing each one that is installed).')

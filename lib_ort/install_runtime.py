@@ -1,0 +1,125 @@
+"""What install.py does, without the WebUI: decide, then install only what is missing.
+
+The WebUI runs install.py before every launch. On a relaunch with everything in place this reads
+package metadata, decides "ok" and returns, in milliseconds and without calling pip. Otherwise it
+installs the chosen ONNX Runtime with every installed distribution given to pip as a constraint at
+its installed version, so pip can add packages (the runtime and its own small dependencies) but
+cannot upgrade, downgrade or remove one that is there — the WebUI's pins included.
+
+pip is called through the ``pip(args, desc)`` callable it is given (the WebUI's ``launch.run_pip``,
+which runs the WebUI's own interpreter and raises ``RuntimeError`` on failure), never through a
+bare ``python``. A failed install (no network, say) is reported and the WebUI starts anyway.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .install_layout import Layout, read_marker, remove_tree, write_marker
+from .runtime_packages import (CUDNN9_FOLDER, REPLACE_ENV, Decision, decide, freeze_constraints, normalize,
+                               probe_host)
+
+PREFIX = "[ORT Turbo]"
+#: Keep a launch without network short: pip's default retries take minutes to give up.
+NETWORK_ARGS = "--retries 1 --timeout 30"
+
+
+def side_version(layout: Layout, name: str = CUDNN9_FOLDER) -> str | None:
+    marker = read_marker(layout.side_folder(name))
+    return marker.get("version") if marker else None
+
+
+def _say(out, text: str) -> None:
+    print(f"{PREFIX} {text}", file=out, flush=True)
+
+
+def _installed_version(target: Path, dist: str) -> str | None:
+    prefix = normalize(dist).replace("-", "_") + "-"
+    for entry in target.glob("*.dist-info"):
+        if normalize(entry.name).replace("-", "_").startswith(prefix):
+            return entry.name[len(prefix):-len(".dist-info")]
+    return None
+
+
+def install_side(layout: Layout, requirement: str, pip, out) -> str:
+    """Install ``requirement`` (cuDNN 9) with --no-deps into our own folder, marker last."""
+    final = layout.side_folder(CUDNN9_FOLDER)
+    layout.runtime_libs.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".installing-", dir=layout.runtime_libs))
+    try:
+        _say(out, f"installing {requirement} into {final} (about 700 MB, once; torch's own cuDNN is not touched)")
+        pip(f'install --no-deps --target "{staging}" "{requirement}" {NETWORK_ARGS}', f"cuDNN 9 for ONNX Runtime")
+        version = _installed_version(staging, requirement.split(">")[0].split("=")[0].split("<")[0])
+        remove_tree(final)
+        os.replace(staging, final)
+        write_marker(final, {"requirement": requirement, "version": version})
+        return version or "?"
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def report_decision(decision: Decision, out) -> None:
+    for reason in decision.reasons:
+        _say(out, reason)
+    for line in decision.advice:
+        _say(out, line)
+
+
+def run(pip, *, python: str = sys.executable, pins_file: str | os.PathLike | None = None,
+        layout: Layout | None = None, out=None, environ=None) -> Decision:
+    """Decide and act; never raises for an install failure (the WebUI must start)."""
+    out = out or sys.stdout
+    environ = os.environ if environ is None else environ
+    layout = layout or Layout.default()
+    start = time.perf_counter()
+    host = probe_host(pins_file=pins_file, side_cudnn9=side_version(layout))
+    decision = decide(host, replace=environ.get(REPLACE_ENV) == "1", python=python)
+    choice = decision.choice
+    if decision.action == "ok":
+        _say(out, f"ONNX Runtime ready: {decision.keep} {host.installed.get(decision.keep)} for {choice.ep} "
+                  f"({time.perf_counter() - start:.3f} s, nothing installed)")
+        return decision
+    report_decision(decision, out)
+    if decision.action in ("conflict", "unavailable"):
+        _say(out, "nothing was installed or removed; the WebUI starts as it is, and artefacts run on "
+                  "whatever ONNX Runtime provider is available")
+        return decision
+    failures = []
+    if decision.uninstall:
+        try:
+            pip(f"uninstall -y {' '.join(decision.uninstall)}", f"removing {', '.join(decision.uninstall)} ({REPLACE_ENV}=1)")
+        except RuntimeError as e:
+            failures.append(f"uninstalling {', '.join(decision.uninstall)}: {e}")
+    for requirement in decision.install:
+        if failures:
+            break
+        constraints = tempfile.NamedTemporaryFile("w", suffix="-ort-turbo-constraints.txt", delete=False)
+        try:
+            with constraints:
+                released = (choice.package, *decision.uninstall)
+                constraints.write("".join(line + "\n" for line in freeze_constraints(host.installed, release=released)))
+            pip(f'install "{requirement}" -c "{constraints.name}" {NETWORK_ARGS}', f"ONNX Runtime ({requirement})")
+        except RuntimeError as e:
+            failures.append(f"{requirement}: {e}")
+        finally:
+            os.unlink(constraints.name)
+    for requirement in decision.side:
+        try:
+            install_side(layout, requirement, pip, out)
+        except (RuntimeError, OSError) as e:
+            failures.append(f"{requirement} (into {layout.side_folder(CUDNN9_FOLDER)}): {e}")
+    if failures:
+        _say(out, "could not install:")
+        for failure in failures:
+            _say(out, "  " + failure.strip().replace("\n", "\n    ")[-1500:])
+        _say(out, "The WebUI starts anyway: nothing it pins was changed, existing artefacts keep running on the "
+                  "ONNX Runtime already there (if any), and ORT Turbo tries again at the next start "
+                  "(no network? a proxy? see the pip message above).")
+    else:
+        _say(out, f"ONNX Runtime installed for {choice.ep} ({time.perf_counter() - start:.0f} s)")
+    return decision

@@ -1,0 +1,369 @@
+"""Which ONNX Runtime package the WebUI process needs, decided from what is installed.
+
+The decision is a pure function of :class:`Host` (torch's build, the OS, the installed ONNX Runtime
+variants and the WebUI's pins), so the whole table is unit-tested without a WebUI, a GPU or a
+network. :func:`probe_host` fills a ``Host`` from the running interpreter using only
+``importlib.metadata`` and a few file reads: it never imports torch or onnxruntime, so a relaunch
+with everything in place costs milliseconds.
+
+The facts the table rests on (measured from the wheels on PyPI, see ``shared/host/README.md``):
+
+* every ONNX Runtime from 1.27 on requires protobuf >= 4.25.8; the WebUI pins protobuf 3.20.0;
+* onnxruntime-gpu 1.19 … 1.26 links CUDA 12 + cuDNN 9, 1.27 on links CUDA 13, 1.17/1.18 CUDA 11 +
+  cuDNN 8; no PyPI build links CUDA 12 + cuDNN 8 (the WebUI v1.10.1 default torch 2.1.2+cu121);
+* onnxruntime 1.24 on needs Python >= 3.11 (the WebUI on Windows runs 3.10): version *ranges* are
+  used, so pip picks the newest release that has a wheel for this Python.
+
+All ONNX Runtime variants install the same ``onnxruntime`` module folder: installing a second one
+overwrites the first, and uninstalling either later breaks the other. So an installed variant is
+kept whenever it can serve the chosen provider, and nothing is ever uninstalled without the user
+asking for it (``ORT_TURBO_REPLACE_ORT=1``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+from pathlib import Path
+
+#: Oldest ONNX Runtime that runs every recipe's ops (SkipGroupNorm came in 1.17).
+MIN_ORT = (1, 17)
+#: First release whose metadata requires protobuf >= 4.25.8 and whose GPU wheels link CUDA 13.
+ORT_PROTOBUF_4_AND_CUDA_13 = (1, 27)
+#: protobuf that ORT >= 1.27 requires.
+PROTOBUF_FOR_NEW_ORT = (4, 25, 8)
+#: First onnxruntime-gpu on PyPI built for CUDA 12 + cuDNN 9.
+ORT_GPU_CUDA12 = (1, 19)
+#: Side-installed cuDNN 9 for ORT when torch carries cuDNN 8 (different soname, same pip name).
+CUDNN9_REQUIREMENT = "nvidia-cudnn-cu12>=9.1,<10"
+CUDNN9_FOLDER = "cudnn9-cu12"
+
+#: Opt-in to replacing an installed ONNX Runtime variant that cannot serve the chosen provider.
+REPLACE_ENV = "ORT_TURBO_REPLACE_ORT"
+
+#: Distributions that all provide the ``onnxruntime`` module, with the providers each can serve.
+VARIANTS: dict[str, frozenset] = {
+    "onnxruntime": frozenset({"cpu"}),
+    "onnxruntime-gpu": frozenset({"cpu", "cuda", "tensorrt"}),
+    "onnxruntime-directml": frozenset({"cpu", "dml"}),
+    "onnxruntime-openvino": frozenset({"cpu"}),
+    "onnxruntime-rocm": frozenset({"cpu"}),
+    "onnxruntime-qnn": frozenset({"cpu"}),
+    "onnxruntime-training": frozenset({"cpu"}),
+    "onnxruntime-silicon": frozenset({"cpu"}),
+    "ort-nightly": frozenset({"cpu"}),
+    "ort-nightly-gpu": frozenset({"cpu", "cuda", "tensorrt"}),
+    "ort-nightly-directml": frozenset({"cpu", "dml"}),
+}
+
+
+def normalize(name: str) -> str:
+    """PEP 503 name: ``Onnxruntime_GPU`` and ``onnxruntime-gpu`` are one distribution."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def version_tuple(text: str | None) -> tuple[int, ...]:
+    """``"1.26.0"`` -> (1, 26, 0); ``"2.1.2+cu121"`` -> (2, 1, 2); ``"1.20.0.dev2024"`` -> (1, 20, 0)."""
+    if not text:
+        return ()
+    release = re.match(r"\s*v?(\d+(?:\.\d+)*)", text)
+    return tuple(int(p) for p in release.group(1).split(".")) if release else ()
+
+
+def _fmt(version: tuple[int, ...]) -> str:
+    return ".".join(str(v) for v in version)
+
+
+@dataclasses.dataclass(frozen=True)
+class Host:
+    """What the decision needs to know about the WebUI's environment, as plain data."""
+
+    os: str                                   # "linux", "windows", "darwin"
+    python: tuple[int, int] = (3, 10)
+    torch: str | None = None                  # torch's version string, e.g. "2.1.2+cu121"
+    torch_cuda: tuple[int, ...] | None = None  # CUDA torch was built for, e.g. (12, 1)
+    torch_cudnn: int | None = None            # cuDNN major torch loads (8 or 9)
+    torch_hip: str | None = None              # ROCm builds
+    torch_directml: bool = False              # torch-directml installed (Windows AMD/Intel)
+    installed: dict = dataclasses.field(default_factory=dict)  # normalized name -> version
+    pins: dict = dataclasses.field(default_factory=dict)       # the WebUI's pins: name -> version
+    side_cudnn9: str | None = None            # version in our side folder, if complete
+
+    def variants(self) -> dict[str, str]:
+        return {name: self.installed[name] for name in VARIANTS if name in self.installed}
+
+    def protobuf_limit(self) -> tuple[int, ...] | None:
+        """The protobuf this WebUI keeps (its pin, else the installed one), if older than ORT 1.27 needs."""
+        for source in (self.pins, self.installed):
+            found = version_tuple(source.get("protobuf"))
+            if found:
+                return found if found < PROTOBUF_FOR_NEW_ORT else None
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """The ONNX Runtime that suits this host, before looking at what is installed."""
+
+    ep: str                          # the execution provider recipe ORT Turbo will use: cuda, dml, cpu
+    package: str | None              # distribution to install, or None when none on PyPI fits
+    low: tuple[int, ...] = MIN_ORT   # inclusive
+    high: tuple[int, ...] | None = None  # exclusive
+    cudnn9_side: bool = False        # cuDNN 9 must be installed beside torch's cuDNN 8
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def requirement(self) -> str | None:
+        if self.package is None:
+            return None
+        spec = f"{self.package}>={_fmt(self.low)}"
+        return spec + (f",<{_fmt(self.high)}" if self.high else "")
+
+    def admits(self, version: str) -> bool:
+        found = version_tuple(version)
+        return bool(found) and found[:len(self.low)] >= self.low and (
+            self.high is None or found[:len(self.high)] < self.high)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """What install.py does: nothing, install ``requirements``, or report a conflict."""
+
+    choice: Choice
+    action: str                      # "ok" | "install" | "conflict" | "unavailable"
+    install: tuple[str, ...] = ()    # pip requirements for the WebUI's environment
+    uninstall: tuple[str, ...] = ()  # only with the user's opt-in (REPLACE_ENV)
+    side: tuple[str, ...] = ()       # pip requirements installed into our own side folder (cuDNN 9)
+    keep: str | None = None          # an installed variant that is kept as it is
+    reasons: tuple[str, ...] = ()
+    advice: tuple[str, ...] = ()
+
+    @property
+    def needs_pip(self) -> bool:
+        return bool(self.install or self.side or self.uninstall)
+
+
+def choose(host: Host) -> Choice:
+    """The package, version range and provider for this torch build and OS (the decision table)."""
+    why: list[str] = []
+    pb = host.protobuf_limit()
+    cap = ORT_PROTOBUF_4_AND_CUDA_13 if pb else None
+    if pb:
+        why.append(f"protobuf stays at {_fmt(pb)} (the WebUI pins it): ONNX Runtime >= 1.27 needs "
+                   f"protobuf >= {_fmt(PROTOBUF_FOR_NEW_ORT)}, so the newest usable release is 1.26")
+    cuda = host.torch_cuda
+    if host.torch and cuda:
+        label = f"torch {host.torch} is built for CUDA {_fmt(cuda)}"
+        cudnn = host.torch_cudnn
+        if cuda[0] == 11:
+            return Choice("cuda", "onnxruntime-gpu", MIN_ORT, ORT_GPU_CUDA12, False, tuple(why + [
+                f"{label}: onnxruntime-gpu 1.17/1.18 are the PyPI builds for CUDA 11 + cuDNN 8"]))
+        if cuda[0] == 12:
+            high = ORT_PROTOBUF_4_AND_CUDA_13  # 1.27 on links CUDA 13, whatever protobuf does
+            if cudnn == 8:
+                return Choice("cuda", "onnxruntime-gpu", ORT_GPU_CUDA12, high, True, tuple(why + [
+                    f"{label} with cuDNN 8: onnxruntime-gpu 1.19-1.26 link CUDA 12 + cuDNN 9 and no "
+                    f"PyPI build links cuDNN 8, so cuDNN 9 is installed into ORT Turbo's own folder "
+                    f"(torch keeps its cuDNN 8; the two have different library names)"]))
+            return Choice("cuda", "onnxruntime-gpu", ORT_GPU_CUDA12, high, False, tuple(why + [
+                f"{label} with cuDNN {cudnn or 9}: onnxruntime-gpu 1.19-1.26 link CUDA 12 + cuDNN 9"]))
+        if cuda[0] >= 13:
+            if cap:
+                return Choice("cuda", None, reasons=tuple(why + [
+                    f"{label}: only onnxruntime-gpu >= 1.27 links CUDA 13, and those need a newer "
+                    f"protobuf than the WebUI pins"]))
+            return Choice("cuda", "onnxruntime-gpu", ORT_PROTOBUF_4_AND_CUDA_13, None, False, tuple(why + [
+                f"{label}: onnxruntime-gpu >= 1.27 link CUDA 13 + cuDNN 9"]))
+        return Choice("cpu", "onnxruntime", MIN_ORT, cap, False, tuple(why + [
+            f"{label}, which no onnxruntime-gpu on PyPI supports: CPU runtime"]))
+    if host.torch_hip:
+        return Choice("cpu", "onnxruntime", MIN_ORT, cap, False, tuple(why + [
+            f"torch {host.torch} is a ROCm build; ONNX Runtime's ROCm/MIGraphX builds are not on PyPI "
+            f"and ORT Turbo has no ROCm recipe: CPU runtime"]))
+    if host.os == "windows":
+        return Choice("dml", "onnxruntime-directml", MIN_ORT, cap, False, tuple(why + [
+            f"Windows with {'torch-directml' if host.torch_directml else 'a torch without CUDA'}: "
+            f"onnxruntime-directml runs on any DirectX 12 GPU"]))
+    what = f"torch {host.torch} has no CUDA" if host.torch else "no torch is installed"
+    return Choice("cpu", "onnxruntime", MIN_ORT, cap, False, tuple(why + [f"{what}: CPU runtime"]))
+
+
+def decide(host: Host, *, replace: bool = False, python: str = "PYTHON") -> Decision:
+    """Compare :func:`choose` with the installed variants. ``python`` is quoted into the advice.
+
+    ``replace`` is the user's opt-in to uninstall installed variants that cannot serve the choice.
+    """
+    choice = choose(host)
+    reasons = list(choice.reasons)
+    pip = f'"{python}" -m pip'
+    side = (CUDNN9_REQUIREMENT,) if choice.cudnn9_side and not host.side_cudnn9 else ()
+    if choice.cudnn9_side and host.side_cudnn9:
+        reasons.append(f"cuDNN {host.side_cudnn9} is in place in ORT Turbo's folder")
+    variants = host.variants()
+    if choice.package is None:
+        fallback = [f"{n} {v}" for n, v in variants.items()]
+        return Decision(choice, "unavailable", reasons=tuple(reasons), advice=(
+            "No ONNX Runtime on PyPI fits this WebUI without changing a package it pins.",
+            f"Installed now: {', '.join(fallback) or 'none'}; ORT Turbo uses it for CPU artefacts if there is one.",
+            f"To use CUDA anyway: {pip} install \"onnxruntime-gpu>=1.27\" (this upgrades protobuf, "
+            f"which the WebUI puts back to its pin at the next start; ONNX Runtime itself does not "
+            f"import protobuf, so it keeps working)."))
+    wanted = choice.package
+    if not variants:
+        return Decision(choice, "install", install=(choice.requirement,), side=side,
+                        reasons=tuple(reasons + [f"no ONNX Runtime is installed: installing {choice.requirement}"]))
+    if list(variants) == [wanted] and choice.admits(variants[wanted]):
+        reasons.append(f"{wanted} {variants[wanted]} is installed and fits")
+        return Decision(choice, "install" if side else "ok", side=side, keep=wanted, reasons=tuple(reasons))
+    # something else is installed: keep it if it serves the chosen provider
+    servers = {n: v for n, v in variants.items() if _serves(n, v, choice, host)}
+    if len(variants) == 1 and servers:
+        (name, version), = servers.items()
+        reasons.append(f"{name} {version} is installed (by another extension or by hand) and can serve "
+                       f"the {choice.ep} provider: kept as it is")
+        return Decision(choice, "install" if side else "ok", side=side, keep=name, reasons=tuple(reasons))
+    installed = ", ".join(f"{n} {v}" for n, v in variants.items())
+    problem = _conflict_text(variants, choice, host)
+    commands = []
+    if variants:
+        commands.append(f"{pip} uninstall -y {' '.join(variants)}")
+    commands.append(f"{pip} install \"{choice.requirement}\"")
+    advice = (
+        f"Installed: {installed}. {problem}",
+        "All ONNX Runtime packages share one 'onnxruntime' module folder, so ORT Turbo does not install "
+        "a second one on top, and never uninstalls one that another extension may use.",
+        "To switch (other extensions that import onnxruntime keep working; onnxruntime-gpu and "
+        "onnxruntime-directml also run on the CPU): " + " && ".join(commands),
+        f"or start the WebUI once with {REPLACE_ENV}=1 and ORT Turbo does exactly that.",
+    )
+    if replace:
+        reasons.append(f"{REPLACE_ENV}=1: replacing {installed} with {choice.requirement}")
+        return Decision(choice, "install", install=(choice.requirement,), uninstall=tuple(variants), side=side,
+                        reasons=tuple(reasons))
+    return Decision(choice, "conflict", reasons=tuple(reasons + [problem]), advice=advice)
+
+
+def _serves(name: str, version: str, choice: Choice, host: Host) -> bool:
+    """Whether an installed variant runs the chosen provider's artefacts in this WebUI."""
+    if choice.ep not in VARIANTS.get(name, frozenset()):
+        return False
+    found = version_tuple(version)
+    if found[:2] < MIN_ORT:
+        return False
+    if name.startswith("ort-nightly"):
+        return choice.ep == "cpu"  # a nightly's CUDA build cannot be read from its metadata
+    if choice.ep == "cuda":
+        return choice.admits(version)  # the CUDA/cuDNN major the version links must match torch's
+    return True
+
+
+def _conflict_text(variants: dict, choice: Choice, host: Host) -> str:
+    if len(variants) > 1:
+        return (f"{' and '.join(variants)} are installed together: their files overwrite each other in "
+                f"one 'onnxruntime' folder, and uninstalling one breaks the other")
+    (name, version), = variants.items()
+    if version_tuple(version)[:2] < MIN_ORT:
+        return f"{name} {version} is older than {_fmt(MIN_ORT)}, which ORT Turbo's artefacts need"
+    if choice.ep == "cuda" and name in ("onnxruntime-gpu", "ort-nightly-gpu"):
+        return (f"{name} {version} does not link the CUDA {host.torch_cuda[0]} / cuDNN that torch "
+                f"{host.torch} uses (wanted: {choice.requirement}), so its CUDA provider would not load")
+    return f"{name} {version} has no {choice.ep.upper()} provider (wanted: {choice.requirement})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the host (cheap: metadata and a few small files, no imports of torch or onnxruntime)
+
+
+def read_pins(path: str | os.PathLike | None) -> dict[str, str]:
+    """``name==version`` lines of a requirements file (the WebUI's requirements_versions.txt)."""
+    pins: dict[str, str] = {}
+    if not path:
+        return pins
+    try:
+        text = Path(path).read_text(errors="replace")
+    except OSError:
+        return pins
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        found = re.match(r"([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;,]+)", line)
+        if found:
+            pins[normalize(found.group(1))] = found.group(2)
+    return pins
+
+
+def installed_distributions() -> dict[str, str]:
+    from importlib import metadata
+
+    found: dict[str, str] = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"] if dist.metadata else None
+        if name and normalize(name) not in found:  # the first on sys.path is the one imported
+            found[normalize(name)] = dist.version
+    return found
+
+
+def _torch_build(installed: dict) -> tuple[tuple | None, int | None, str | None]:
+    """CUDA version, cuDNN major and HIP version of the installed torch, read from its files."""
+    from importlib import metadata
+
+    if "torch" not in installed:
+        return None, None, None
+    try:
+        dist = metadata.distribution("torch")
+    except metadata.PackageNotFoundError:
+        return None, None, None
+    cuda = hip = None
+    try:
+        text = Path(dist.locate_file("torch/version.py")).read_text(errors="replace")
+        found = re.search(r"^cuda\b[^=]*=\s*['\"]([\d.]+)['\"]", text, re.M)
+        cuda = version_tuple(found.group(1)) if found else None
+        found = re.search(r"^hip\b[^=]*=\s*['\"]([^'\"]+)['\"]", text, re.M)
+        hip = found.group(1) if found else None
+    except OSError:
+        local = re.search(r"\+cu(\d+)(\d)$", installed["torch"])
+        cuda = (int(local.group(1)), int(local.group(2))) if local else None
+    cudnn = None
+    if cuda:
+        for requirement in dist.requires or []:
+            pinned = re.match(r"nvidia-cudnn-cu\d+\s*==\s*(\d+)", requirement)
+            if pinned:
+                cudnn = int(pinned.group(1))
+                break
+        if cudnn is None:
+            for major in (9, 8):  # Windows wheels carry the DLLs in torch/lib
+                if Path(dist.locate_file(f"torch/lib/cudnn64_{major}.dll")).exists():
+                    cudnn = major
+                    break
+        if cudnn is None:
+            for name in ("nvidia-cudnn-cu12", "nvidia-cudnn-cu11", "nvidia-cudnn-cu13"):
+                if name in installed:
+                    cudnn = version_tuple(installed[name])[0]
+                    break
+        if cudnn is None:  # torch < 2.4 shipped cuDNN 8, later releases cuDNN 9
+            cudnn = 8 if version_tuple(installed["torch"])[:2] < (2, 4) else 9
+    return cuda, cudnn, hip
+
+
+def probe_host(*, pins_file: str | os.PathLike | None = None, side_cudnn9: str | None = None) -> Host:
+    """Read this interpreter's environment into a :class:`Host`, without importing torch."""
+    installed = installed_distributions()
+    cuda, cudnn, hip = _torch_build(installed)
+    os_name = {"win32": "windows", "darwin": "darwin"}.get(sys.platform, "linux")
+    return Host(os=os_name, python=sys.version_info[:2], torch=installed.get("torch"), torch_cuda=cuda,
+                torch_cudnn=cudnn, torch_hip=hip, torch_directml="torch-directml" in installed,
+                installed=installed, pins=read_pins(pins_file), side_cudnn9=side_cudnn9)
+
+
+def freeze_constraints(installed: dict, *, release: tuple[str, ...] = ()) -> list[str]:
+    """``name==version`` for every installed distribution except ``release``: given to pip as
+    constraints, pip may add packages but cannot change one that is there (pins included)."""
+    keep_free = {normalize(n) for n in release}
+    lines = []
+    for name, version in sorted(installed.items()):
+        if name in keep_free:
+            continue
+        if re.fullmatch(r"\d+(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?(\.dev\d+)?(\+[A-Za-z0-9.]+)?", version):
+            lines.append(f"{name}=={version}")
+    return lines
