@@ -10,7 +10,7 @@ STAMP := $(VENV)/.ort-turbo-setup
 WEBUI_STAMP := $(WEBUI_VENV)/.ort-turbo-setup
 SDKIT := stable-diffusion-sdkit==2.1.5
 
-.PHONY: setup setup-webui test test-engine test-webui bench clean
+.PHONY: setup setup-webui test test-engine test-webui test-js bench clean
 
 setup: $(STAMP)
 
@@ -28,13 +28,16 @@ $(WEBUI_STAMP): requirements-webui.txt
 	$(WEBUI_PY) -m pip install -q --no-deps $(SDKIT)
 	touch $(WEBUI_STAMP)
 
-test: test-engine test-webui
+test: test-engine test-webui test-js
 
 test-engine: setup
 	$(PY) -m pytest -q tests --ignore=tests/webui
 
 test-webui: setup setup-webui
 	ORT_TURBO_TOOLCHAIN_PYTHON=$(abspath $(PY)) $(WEBUI_PY) -m pytest -q -p no:cacheprovider tests/webui
+
+test-js:
+	node --test tests/js/
 
 bench: setup
 	$(PY) -m lib_ort bench --arch sd-turbo --ep cpu --unfused --json
