@@ -28,7 +28,7 @@ $(WEBUI_STAMP): requirements-webui.txt
 	$(WEBUI_PY) -m pip install -q --no-deps $(SDKIT)
 	touch $(WEBUI_STAMP)
 
-test: test-engine test-webui test-js
+test: test-js test-engine test-webui
 
 test-engine: setup
 	$(PY) -m pytest -q tests --ignore=tests/webui
