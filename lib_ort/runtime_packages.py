@@ -298,9 +298,17 @@ def installed_distributions() -> dict[str, str]:
 
     found: dict[str, str] = {}
     for dist in metadata.distributions():
-        name = dist.metadata["Name"] if dist.metadata else None
+        # "numpy-1.26.2.dist-info": name and version from the folder name, without parsing METADATA
+        # (parsing ~150 METADATA files costs 0.3 s, the folder names nothing)
+        folder = getattr(dist, "_path", None)
+        parsed = re.fullmatch(r"([A-Za-z0-9_.]+?)-([0-9][^-]*)\.dist-info", folder.name) if folder else None
+        if parsed:
+            name, version = parsed.groups()
+        else:
+            name = dist.metadata["Name"] if dist.metadata else None
+            version = dist.version
         if name and normalize(name) not in found:  # the first on sys.path is the one imported
-            found[normalize(name)] = dist.version
+            found[normalize(name)] = version
     return found
 
 
