@@ -101,3 +101,103 @@ def run_bench(arch: str, ep: str = "cpu", *, batch: int = 1, height: int | None 
     result["peak_rss_mb"] = round(_peak_rss_mb(), 1)
     result["optimize_peak_rss_mb"] = round(_peak_rss_mb(resource.RUSAGE_CHILDREN), 1) or None
     return result
+
+
+# -- the blog's (batch, steps) matrix ------------------------------------------------------------------
+
+
+def _matrix_rows(config: str, batch: int, steps_list, timing: dict, extra: dict) -> list[dict]:
+    """UNet-only figures for each step count: per-image time and images/s from the per-call timing."""
+    rows = []
+    for steps in steps_list:
+        per_image = steps * timing["median_ms"] / batch
+        rows.append({
+            "config": config, "batch": batch, "steps": steps,
+            "call_ms": round(timing["median_ms"], 2),
+            "call_spread_ms": [round(timing["min_ms"], 2), round(timing["max_ms"], 2)],
+            "per_image_ms": round(per_image, 2),
+            "images_per_s": round(1000.0 / per_image, 4),
+            "spread_images_per_s": [round(1000.0 * batch / (steps * timing["max_ms"]), 4),
+                                    round(1000.0 * batch / (steps * timing["min_ms"]), 4)],
+            **extra,
+        })
+    return rows
+
+
+def run_matrix(arch: str, ep: str = "cpu", *, batches=(1, 4), steps=(1, 4), height: int = 512, width: int = 512,
+               seq: int = 77, runs: int = 5, warmup: int = 1, root=None, seed: int = 0, with_compile: bool = False,
+               out_dir=None, toolchain: Toolchain = Toolchain(), progress=None) -> dict:
+    """Time PyTorch eager (and torch.compile), ORT unfused and ORT with the provider's recipe per batch,
+    and derive per-image time and images/s for each step count (UNet calls only, CFG-free: B rows)."""
+    from .report import write_report
+    from .sessions import create_session, plan_session
+    from .unet import OrtUnet
+
+    report = progress or (lambda fraction, message: None)
+    registry = Registry(root)
+    model = build_unet(arch, seed=seed)
+    checkpoint = {"hash": state_dict_digest(model), "name": f"{arch} (random weights, seed {seed})"}
+    prepared = prepare(model, registry, checkpoint, ep, toolchain=toolchain, progress=progress)
+    lh, lw = height // 8, width // 8
+    rows, notes = [], {}
+
+    def feed_for(batch):
+        return example_inputs(model, batch, lh, lw, seq, seed=seed)
+
+    with torch.no_grad():
+        references = {}
+        for batch in batches:
+            inputs = feed_for(batch)
+            report(0.5, f"PyTorch eager, batch {batch}")
+            references[batch] = model(**inputs)
+            rows += _matrix_rows("PyTorch eager", batch, steps,
+                                 time_calls(lambda: model(**inputs), runs, warmup), {"rel_err": 0.0})
+        if with_compile:
+            try:
+                compiled = torch.compile(model)
+                for batch in batches:
+                    inputs = feed_for(batch)
+                    report(0.6, f"torch.compile, batch {batch} (compiling first)")
+                    start = time.perf_counter()
+                    out = compiled(**inputs)
+                    compile_s = time.perf_counter() - start
+                    rows += _matrix_rows("torch.compile", batch, steps,
+                                         time_calls(lambda: compiled(**inputs), runs, warmup),
+                                         {"rel_err": rel_err(out, references[batch]), "compile_s": round(compile_s, 1)})
+                del compiled
+            except Exception as exc:  # report why, keep the other columns
+                notes["torch.compile"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    if prepared.export_folder is not None:
+        session = create_session(prepared.export_folder / "model.onnx", plan_session("cpu"))
+        names = [i.name for i in session.get_inputs()]
+        for batch in batches:
+            inputs = feed_for(batch)
+            feed = dict(zip(names, [t.numpy() for t in inputs.values()]))
+            report(0.7, f"ORT unfused, batch {batch}")
+            out = torch.from_numpy(session.run(None, feed)[0])
+            rows += _matrix_rows("ORT unfused", batch, steps, time_calls(lambda: session.run(None, feed), runs, warmup),
+                                 {"rel_err": rel_err(out, references[batch])})
+        del session
+        gc.collect()
+    ort_unet = OrtUnet(prepared.artefact)
+    label = f"ORT {ep} recipe"
+    for batch in batches:
+        inputs = feed_for(batch)
+        args = (inputs["x"], inputs["timesteps"], inputs["context"])
+        kwargs = {"y": inputs["y"]} if "y" in inputs else {}
+        report(0.85, f"{label}, batch {batch}")
+        out = ort_unet(*args, **kwargs)
+        rows += _matrix_rows(label, batch, steps, time_calls(lambda: ort_unet(*args, **kwargs), runs, warmup),
+                             {"rel_err": rel_err(out, references[batch])})
+    del ort_unet
+    meta = {"arch": arch, "ep": ep, "height": height, "width": width, "sequence": seq, "runs": runs,
+            "warmup": warmup, "threads": torch.get_num_threads(), "artefact": prepared.artefact.id,
+            "fused_ops": {k: v for k, v in prepared.artefact.manifest["fused_ops"].items() if k in FUSED_OPS},
+            "peak_rss_mb": round(_peak_rss_mb(), 1), "notes": notes,
+            "method": "UNet calls only, CFG-free (B rows per call); per-image time = steps x call time / batch; "
+                      f"median of {runs} calls after {warmup} warm-up, spread = min..max"}
+    result = {"meta": meta, "rows": rows}
+    if out_dir is not None:
+        title = f"{arch} UNet, {height}x{width}, {ep} ({torch.get_num_threads()} threads): images/s"
+        result["files"] = write_report(rows, out_dir, f"unet-matrix-{arch}-{ep}", title, meta)
+    return result

@@ -18,10 +18,15 @@ def default_root() -> Path:
     return Path(os.environ.get(DEFAULT_ROOT_ENV) or Path(__file__).resolve().parent.parent / "artefacts")
 
 
-def _console_progress(fraction: float, message: str, _last=[""]) -> None:
-    if message != _last[0]:
+def _console_progress(fraction: float, message: str, _last={"phase": "", "at": 0.0}) -> None:
+    """Print a progress line when the phase changes, and at most every 15 s within one."""
+    import time
+
+    phase = message.split("(")[0].strip()
+    now = time.monotonic()
+    if phase != _last["phase"] or now - _last["at"] >= 15:
         print(f"[{fraction * 100:5.1f} %] {message}", file=sys.stderr, flush=True)
-        _last[0] = message
+        _last.update(phase=phase, at=now)
 
 
 def _model_and_checkpoint(args):
@@ -87,11 +92,30 @@ def cmd_delete(args) -> dict:
 
 
 def cmd_bench(args) -> dict:
-    from .bench import run_bench
+    from .bench import run_bench, run_matrix
+
+    if args.matrix:
+        result = run_matrix(args.arch, args.ep, batches=args.batches, steps=args.steps, height=args.height or 512,
+                            width=args.width or 512, seq=args.seq, runs=args.runs, warmup=args.warmup, root=args.root,
+                            seed=args.seed, with_compile=args.compile, out_dir=args.out, toolchain=_toolchain(args),
+                            progress=_console_progress)
+        if "files" in result:
+            print(result["files"]["table"], file=sys.stderr)
+        return result
 
     return run_bench(args.arch, args.ep, batch=args.batch, height=args.height, width=args.width, seq=args.seq,
                      runs=args.runs, warmup=args.warmup, root=args.root, unfused=args.unfused, seed=args.seed,
                      toolchain=_toolchain(args), progress=_console_progress)
+
+
+def cmd_webui_bench(args) -> dict:
+    from .webui_bench import run_webui_bench
+
+    result = run_webui_bench(args.url, batches=args.batches, steps=args.steps, width=args.width, height=args.height,
+                             seed=args.seed, runs=args.runs, warmup=args.warmup, out_dir=args.out,
+                             progress=_console_progress)
+    print(result["files"]["table"], file=sys.stderr)
+    return result
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,7 +164,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unfused", action="store_true", help="also time the unoptimized export on ORT CPU")
     p.add_argument("--python", help="interpreter of the Olive toolchain (default: this one)")
     p.add_argument("--json", action="store_true", help="print one JSON object (the default output too)")
+    p.add_argument("--matrix", action="store_true",
+                   help="the blog's (batch, steps) grid: eager, unfused and recipe (and --compile), images/s, "
+                        "with a markdown table and a PNG chart in --out")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--steps", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--compile", action="store_true", help="with --matrix: also time torch.compile")
+    p.add_argument("--out", type=Path, default=Path("bench-out"), help="with --matrix: folder for the report")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("webui-bench", help="time txt2img on a running WebUI (--api): stock, CFG-free, ORT Turbo")
+    p.add_argument("--url", default="http://127.0.0.1:7860")
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--steps", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--height", type=int, default=512)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--out", type=Path, default=Path("bench-out"))
+    p.set_defaults(func=cmd_webui_bench)
     return parser
 
 

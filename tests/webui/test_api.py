@@ -17,10 +17,21 @@ def client(fresh_webui, exported):
 
 
 def test_list_export_delete_round_trip(client, exported):
+    from modules import sd_unet
+
+    from lib_ort.webui.unet import OrtTurboUnet
+
     rows = client.get("/ort-turbo/v1/artefacts").json()
     assert exported["id"] in [r["id"] for r in rows]
+    shared.opts.data["sd_unet"] = "ORT Turbo"
+    sd_unet.apply_unet()
+    param = next(shared.sd_model.model.diffusion_model.parameters())
     made = client.post("/ort-turbo/v1/export", json={"provider": "cpu"})
     assert made.status_code == 200, made.text
+    # the WebUI's model is where it was, and ORT Turbo is still the active SD Unet
+    after = next(shared.sd_model.model.diffusion_model.parameters())
+    assert (after.dtype, after.device) == (param.dtype, param.device)
+    assert isinstance(sd_unet.current_unet, OrtTurboUnet)
     manifest = made.json()
     assert manifest["id"] == exported["id"] and manifest["ep"] == "cpu" and manifest["family"] == "sd2"
     assert manifest["checkpoint"]["model_name"] == "turbo_tiny-sd2"

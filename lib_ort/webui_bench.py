@@ -1,0 +1,102 @@
+"""End-to-end benchmark against a running WebUI over its API (``--api``), the way the blog timed it:
+whole txt2img requests at fixed (batch, steps), size and seed, warm-up first, then the median of
+several runs. It never starts or installs a WebUI; it talks to the one at ``--url``.
+
+Three configurations, all at CFG scale 1 with Euler a + SGM Uniform:
+* ``WebUI stock``: SD Unet "None", ORT Turbo's CFG-free off (the UNet runs 2B rows);
+* ``WebUI + CFG-free``: SD Unet "None", CFG-free on (B rows);
+* ``ORT Turbo``: SD Unet "ORT Turbo", CFG-free on. A request whose infotext says the PyTorch UNet
+  ran instead is reported as such, not counted as ORT Turbo.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import time
+import urllib.error
+import urllib.request
+
+PROMPT = ("little cute gremlin wearing a jacket, cinematic, vivid colors, intricate masterpiece, golden ratio, "
+          "highly detailed")  # the blog's prompt
+
+CONFIGS = (
+    ("WebUI stock", "None", False),
+    ("WebUI + CFG-free", "None", True),
+    ("ORT Turbo", "ORT Turbo", True),
+)
+
+
+def payload(sd_unet: str, cfg_free: bool, batch: int, steps: int, width: int, height: int, seed: int) -> dict:
+    return {
+        "prompt": PROMPT, "negative_prompt": "", "seed": seed, "batch_size": batch, "n_iter": 1, "steps": steps,
+        "cfg_scale": 1.0, "width": width, "height": height, "sampler_name": "Euler a", "scheduler": "SGM Uniform",
+        "send_images": False, "save_images": False,
+        "override_settings": {"sd_unet": sd_unet}, "override_settings_restore_afterwards": True,
+        "alwayson_scripts": {"ort turbo": {"args": [cfg_free]}},
+    }
+
+
+def post(url: str, body: dict, timeout: float) -> dict:
+    request = urllib.request.Request(url.rstrip("/") + "/sdapi/v1/txt2img", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"the WebUI answered {exc.code}: {exc.read()[:300]!r}") from exc
+    except urllib.error.URLError as exc:
+        raise RuntimeError(f"cannot reach the WebUI at {url} ({exc.reason}); start it with --api") from exc
+
+
+def _infotext(response: dict) -> str:
+    info = response.get("info", "")
+    try:
+        parsed = json.loads(info) if isinstance(info, str) else info
+        return " ".join(parsed.get("infotexts", [])) or str(parsed)
+    except ValueError:
+        return str(info)
+
+
+def run_webui_bench(url: str, *, batches=(1, 4), steps=(1, 4), width: int = 512, height: int = 512, seed: int = 1,
+                    runs: int = 5, warmup: int = 1, timeout: float = 1800, out_dir=None, progress=None) -> dict:
+    from .report import write_report
+
+    report = progress or (lambda fraction, message: None)
+    rows = []
+    total = len(CONFIGS) * len(batches) * len(steps)
+    done = 0
+    for label, sd_unet, cfg_free in CONFIGS:
+        for batch in batches:
+            for n_steps in steps:
+                body = payload(sd_unet, cfg_free, batch, n_steps, width, height, seed)
+                report(done / total, f"{label}, batch {batch}, {n_steps} steps")
+                row = {"config": label, "batch": batch, "steps": n_steps}
+                try:
+                    for _ in range(warmup):
+                        post(url, body, timeout)
+                    samples, info = [], ""
+                    for _ in range(runs):
+                        start = time.perf_counter()
+                        info = _infotext(post(url, body, timeout))
+                        samples.append(time.perf_counter() - start)
+                    median = statistics.median(samples)
+                    row.update(request_s=round(median, 3), spread_s=[round(min(samples), 3), round(max(samples), 3)],
+                               images_per_s=round(batch / median, 4),
+                               spread_images_per_s=[round(batch / max(samples), 4), round(batch / min(samples), 4)])
+                    fallback = re.search(r"ORT Turbo: PyTorch fallback: ([^,]*)", info)
+                    if sd_unet == "ORT Turbo" and (fallback or "ORT Turbo: " not in info):
+                        row["error"] = "PyTorch ran: " + (fallback.group(1) if fallback else "no ORT Turbo infotext")
+                        row["images_per_s"] = None
+                except RuntimeError as exc:
+                    row["error"] = str(exc)
+                rows.append(row)
+                done += 1
+    meta = {"url": url, "width": width, "height": height, "seed": seed, "runs": runs, "warmup": warmup,
+            "method": "whole /sdapi/v1/txt2img requests (text encoders, UNet steps, VAE decode), CFG scale 1, "
+                      f"Euler a + SGM Uniform; median of {runs} after {warmup} warm-up"}
+    result = {"meta": meta, "rows": rows}
+    if out_dir is not None:
+        result["files"] = write_report(rows, out_dir, "webui-e2e", f"WebUI txt2img {width}x{height}: images/s", meta)
+    return result

@@ -1,0 +1,90 @@
+"""The benchmark commands' outputs: the UNet matrix on a tiny model, and the WebUI end-to-end client
+against a local stand-in server (the real one needs a running WebUI)."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from lib_ort.cli import main
+from lib_ort.report import markdown_table
+
+
+def test_unet_matrix_writes_json_table_and_chart(shared_registry, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["--root", str(shared_registry.root), "bench", "--arch", "tiny-sd2", "--matrix", "--height", "64",
+                 "--width", "64", "--runs", "5", "--out", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    rows = result["rows"]
+    configs = {r["config"] for r in rows}
+    assert configs == {"PyTorch eager", "ORT unfused", "ORT cpu recipe"}
+    assert {(r["batch"], r["steps"]) for r in rows} == {(1, 1), (1, 4), (4, 1), (4, 4)}
+    for r in rows:
+        assert r["per_image_ms"] == pytest.approx(r["steps"] * r["call_ms"] / r["batch"], rel=1e-3)
+        assert r["images_per_s"] == pytest.approx(1000 / r["per_image_ms"], rel=1e-3)
+        lo, hi = r["spread_images_per_s"]
+        assert lo <= r["images_per_s"] <= hi
+        assert r["rel_err"] <= 1e-4
+    assert result["meta"]["runs"] == 5 and result["meta"]["peak_rss_mb"] > 0
+    assert (out / "unet-matrix-tiny-sd2-cpu.png").read_bytes()[:4] == b"\x89PNG"
+    table = (out / "unet-matrix-tiny-sd2-cpu.md").read_text()
+    assert "| (4,4) |" in table and "ORT cpu recipe" in table
+
+
+def test_markdown_table_shows_gain_over_the_baseline():
+    rows = [{"config": "A", "batch": 1, "steps": 1, "images_per_s": 2.0},
+            {"config": "B", "batch": 1, "steps": 1, "images_per_s": 5.0},
+            {"config": "B", "batch": 4, "steps": 1, "images_per_s": None, "error": "PyTorch ran: x"}]
+    table = markdown_table(rows)
+    assert "| (1,1) | 2 img/s | 5 img/s, 2.50× |" in table
+    assert "| (4,1) | – | PyTorch ran: x |" in table
+
+
+class FakeWebUI(BaseHTTPRequestHandler):
+    requests: list = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeWebUI.requests.append(body)
+        ours = body["override_settings"]["sd_unet"] == "ORT Turbo"
+        text = "Steps: 1, ORT Turbo: abc-cpu-fp32 (cpu)" if ours else "Steps: 1"
+        if ours and body["batch_size"] == 4:
+            text = "Steps: 1, ORT Turbo: PyTorch fallback: batch 8 is outside"
+        data = json.dumps({"images": [], "info": json.dumps({"infotexts": [text]})}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_webui_bench_sends_the_blog_settings_and_reports_fallbacks(tmp_path, capsys):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeWebUI)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert main(["webui-bench", "--url", url, "--runs", "2", "--warmup", "1", "--out", str(tmp_path)]) == 0
+    finally:
+        server.shutdown()
+    result = json.loads(capsys.readouterr().out)
+    assert len(result["rows"]) == 12 and len(FakeWebUI.requests) == 12 * 3
+    first = FakeWebUI.requests[0]
+    assert (first["cfg_scale"], first["sampler_name"], first["scheduler"], first["width"]) == (1.0, "Euler a",
+                                                                                            "SGM Uniform", 512)
+    assert first["alwayson_scripts"] == {"ort turbo": {"args": [False]}}
+    ort = [r for r in result["rows"] if r["config"] == "ORT Turbo"]
+    assert all(r["images_per_s"] for r in ort if r["batch"] == 1)
+    assert all(r["error"].startswith("PyTorch ran: batch 8") for r in ort if r["batch"] == 4)
+    assert (tmp_path / "webui-e2e.png").exists() and (tmp_path / "webui-e2e.md").exists()
+
+
+def test_webui_bench_says_when_no_webui_is_there(tmp_path, capsys):
+    assert main(["webui-bench", "--url", "http://127.0.0.1:9", "--runs", "1", "--warmup", "0", "--batches", "1",
+                 "--steps", "1", "--out", str(tmp_path)]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert all("cannot reach the WebUI" in r["error"] for r in rows)
