@@ -109,17 +109,11 @@ def problem(folder: Path, wanted: dict, modules: tuple[str, ...] = MODULES) -> s
     python = venv_python(folder)
     if not python.exists():
         return f"the toolchain's interpreter {python} is missing"
-    check = "import importlib.util as u,sys\nm=[n for n in sys.argv[1:] if u.find_spec(n) is None]\nprint(' '.join(m))"
     try:
-        result = subprocess.run([str(python), "-c", check, *modules], capture_output=True, text=True, timeout=120,
-                                env=_clean_env())
+        missing = problem_modules(python, modules)
     except (OSError, subprocess.SubprocessError) as e:
         return f"the toolchain's interpreter does not start ({e})"
-    if result.returncode != 0:
-        return f"the toolchain's interpreter fails: {result.stderr.strip()[-300:]}"
-    if result.stdout.strip():
-        return f"the toolchain lacks {result.stdout.strip()}"
-    return None
+    return f"the toolchain cannot import {missing}" if missing else None
 
 
 @contextlib.contextmanager
@@ -183,7 +177,9 @@ def build(folder: Path, host_python: str, host: dict, *, requirements: tuple[str
     remove_tree(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     report(0.01, "Olive toolchain: creating its Python environment")
-    made = subprocess.run([host_python, "-m", "venv", str(folder)], capture_output=True, text=True, env=_clean_env())
+    bare = [] if requirements else ["--without-pip"]
+    made = subprocess.run([host_python, "-m", "venv", *bare, str(folder)], capture_output=True, text=True,
+                          env=_clean_env())
     python = venv_python(folder)
     if made.returncode != 0 or not python.exists():
         raise ToolchainError(f"could not create a virtual environment with {host_python} -m venv "
@@ -196,7 +192,10 @@ def build(folder: Path, host_python: str, host: dict, *, requirements: tuple[str
         constraints = folder / "ort-turbo-constraints.txt"
         constraints.write_text("".join(c + "\n" for c in constraints_for(host)))
         report(0.05, f"Olive toolchain: installing {', '.join(requirements[:4])} (about 150 MB; first export only)")
-        _run_pip(python, ["install", "--prefer-binary", "-c", str(constraints), *pip_args, *requirements],
+        # --no-compile: Python compiles what the child imports on first use; compiling every file of
+        # every package up front costs more than half a minute
+        _run_pip(python, ["install", "--prefer-binary", "--no-compile", "-c", str(constraints), *pip_args,
+                          *requirements],
                  report, start, (0.05, 0.95))
     missing = problem_modules(python, modules)
     if missing:
@@ -211,8 +210,10 @@ def build(folder: Path, host_python: str, host: dict, *, requirements: tuple[str
 
 
 def problem_modules(python: Path, modules: tuple[str, ...]) -> str:
+    """The modules the interpreter cannot find (or its error), empty when all are there."""
     check = "import importlib.util as u,sys\nprint(' '.join(n for n in sys.argv[1:] if u.find_spec(n) is None))"
-    result = subprocess.run([str(python), "-c", check, *modules], capture_output=True, text=True, env=_clean_env())
+    result = subprocess.run([str(python), "-c", check, *modules], capture_output=True, text=True, env=_clean_env(),
+                            timeout=120)
     return result.stdout.strip() if result.returncode == 0 else result.stderr.strip()[-300:]
 
 

@@ -71,8 +71,9 @@ class HostVenv:
         with_deps, no_deps = test_pins()
         reqs = self.root / "pins.txt"
         reqs.write_text("\n".join(with_deps) + "\n")
-        self.pip("install", "-q", "-r", str(reqs))
-        self.pip("install", "-q", "--no-deps", *no_deps)
+        # --no-compile: byte-compiling torch, gradio & co. up front would double the build time
+        self.pip("install", "-q", "--no-compile", "-r", str(reqs))
+        self.pip("install", "-q", "--no-compile", "--no-deps", *no_deps)
         self.webui.mkdir()
         shutil.copy(PINS, self.webui / "requirements_versions.txt")
         shutil.copy(STUB_LAUNCH, self.webui / "launch.py")
