@@ -61,6 +61,41 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
+def run_olive_child(job: dict, work: Path, label: str, toolchain: Toolchain, *, timeout: float | None = None,
+                    progress=None) -> None:
+    """Run ``lib_ort.olive_child`` on ``job`` in ``work`` (its log: ``work/olive.log``); raise
+    ``OptimizationError`` saying why if it fails, is killed or runs past ``timeout``."""
+    report = progress or (lambda fraction, message: None)
+    log_path = work / "olive.log"
+    (work / "job.json").write_text(json.dumps(job, indent=2))
+    cmd = [toolchain.python, "-m", "lib_ort.olive_child", str(work / "job.json")]
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=toolchain.environment(),
+                                 cwd=str(work))
+        try:
+            while child.poll() is None:
+                elapsed = time.perf_counter() - start
+                if timeout is not None and elapsed > timeout:
+                    child.kill()
+                    child.wait()
+                    raise OptimizationError(f"the {label} optimization took longer than {timeout:.0f} s and was stopped")
+                report(min(0.95, 0.1 + elapsed / 600), f"optimizing for {label} with Olive ({elapsed:.0f} s)")
+                time.sleep(0.5)
+        except BaseException:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+            raise
+    if child.returncode != 0:
+        if child.returncode < 0:
+            name = signal.Signals(-child.returncode).name
+            why = f"was killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+        else:
+            why = f"failed (exit code {child.returncode})"
+        raise OptimizationError(f"the {label} optimization {why}. Last lines of its log:\n{_tail(log_path)}")
+
+
 def optimize_export(export_folder: str | os.PathLike, ep: str, registry: Registry, *, checkpoint: dict,
                     toolchain: Toolchain = Toolchain(), shape_ranges: dict | None = None,
                     timeout: float | None = None, progress=None) -> Artefact:
@@ -83,33 +118,8 @@ def optimize_export(export_folder: str | os.PathLike, ep: str, registry: Registr
             "weights_file": WEIGHTS_FILE,
             "olive_config": olive_config(recipe, str(export_folder), MODEL_FILE, str(olive_out), str(work / "cache")),
         }
-        (work / "job.json").write_text(json.dumps(job, indent=2))
-        cmd = [toolchain.python, "-m", "lib_ort.olive_child", str(work / "job.json")]
         start = time.perf_counter()
-        with open(log_path, "w") as log:
-            child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=toolchain.environment(),
-                                     cwd=str(work))
-            try:
-                while child.poll() is None:
-                    elapsed = time.perf_counter() - start
-                    if timeout is not None and elapsed > timeout:
-                        child.kill()
-                        child.wait()
-                        raise OptimizationError(f"the {ep} optimization took longer than {timeout:.0f} s and was stopped")
-                    report(min(0.95, 0.1 + elapsed / 600), f"optimizing for {ep} with Olive ({elapsed:.0f} s)")
-                    time.sleep(0.5)
-            except BaseException:
-                if child.poll() is None:
-                    child.kill()
-                    child.wait()
-                raise
-        if child.returncode != 0:
-            if child.returncode < 0:
-                name = signal.Signals(-child.returncode).name
-                why = f"was killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
-            else:
-                why = f"failed (exit code {child.returncode})"
-            raise OptimizationError(f"the {ep} optimization {why}. Last lines of its log:\n{_tail(log_path)}")
+        run_olive_child(job, work, ep, toolchain, timeout=timeout, progress=report)
         result = json.loads((work / "result.json").read_text())
         model_dir = work / "model"
         for leftover in ("cache", "olive-out"):

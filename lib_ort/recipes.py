@@ -150,3 +150,43 @@ def olive_config(recipe: dict, model_folder: str, model_file: str, output_dir: s
         "output_dir": output_dir,
         "log_severity_level": 1,
     }
+
+
+# -- VAE ------------------------------------------------------------------------------------------
+# The VAE (decoder and encoder) gets the same treatment through ORT's "vae" model type: GroupNorm,
+# NhwcConv and the single-head self-attention fusions on CUDA, the CPU-safe subset on CPU. fp16 is a
+# choice on CUDA and DirectML (the WebUI's "fp16 VAE" setting; the stock SDXL VAE overflows in fp16,
+# which the runtime's NaN guard catches), never on CPU. TensorRT gets the clean fp32 graph.
+
+def _vae_pass(unet_recipe: dict, float16: bool) -> dict:
+    passes = copy.deepcopy(unet_recipe["passes"])
+    for p in passes.values():
+        if p["type"] == "OrtTransformersOptimization":
+            p["model_type"] = "vae"
+            p["float16"] = float16
+            if not float16:
+                p.pop("keep_io_types", None)
+                p.pop("force_fp16_inputs", None)
+    return passes
+
+
+VAE_RECIPES: dict[tuple[str, str], dict] = {
+    (ep, precision): dict(copy.deepcopy({k: v for k, v in RECIPES[ep].items() if k != "passes"}),
+                          precision=precision, model_type="vae", passes=_vae_pass(RECIPES[ep], precision == "fp16"))
+    for ep, precisions in (("cuda", ("fp16", "fp32")), ("dml", ("fp16", "fp32")), ("cpu", ("fp32",)),
+                           ("tensorrt", ("fp32",)))
+    for precision in precisions
+}
+
+
+def vae_precision(ep: str, want_fp16: bool) -> str:
+    """The VAE precision for ``ep``: fp16 only where asked for and where the provider runs it fast."""
+    return "fp16" if want_fp16 and (ep, "fp16") in VAE_RECIPES else "fp32"
+
+
+def get_vae_recipe(ep: str, precision: str) -> dict:
+    try:
+        return copy.deepcopy(VAE_RECIPES[(ep, precision)])
+    except KeyError:
+        offered = ", ".join(f"{e}/{p}" for e, p in VAE_RECIPES)
+        raise ValueError(f"no VAE recipe for {ep} in {precision}; choose one of: {offered}") from None

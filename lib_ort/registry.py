@@ -29,8 +29,19 @@ _TMP_PREFIX = ".tmp-"
 _STALE_TMP_S = 24 * 3600
 
 
-def artefact_id(checkpoint_hash: str, ep: str, precision: str) -> str:
-    return f"{checkpoint_hash[:12]}-{ep}-{precision}"
+def artefact_id(checkpoint_hash: str, ep: str, precision: str, kind: str = "unet", vae_hash: str | None = None) -> str:
+    """UNet artefacts: ``<checkpoint>-<ep>-<precision>``. VAE artefacts carry the VAE's own hash too
+    (``<checkpoint>-vae-<vae>-<ep>-<precision>``): a VAE picked in the WebUI's VAE dropdown is another VAE."""
+    if kind == "unet":
+        return f"{checkpoint_hash[:12]}-{ep}-{precision}"
+    if not vae_hash:
+        raise ArtefactError(f"a {kind} artefact needs the VAE's hash in its manifest")
+    return f"{checkpoint_hash[:12]}-{kind}-{vae_hash[:10]}-{ep}-{precision}"
+
+
+def artefact_kind(manifest: dict) -> str:
+    """``"unet"`` (manifests written before VAEs had artefacts have no kind) or ``"vae"``."""
+    return manifest.get("kind", "unet")
 
 
 def _version_tuple(text: str) -> tuple[int, ...]:
@@ -109,7 +120,8 @@ class Registry:
             files[name] = path.stat().st_size
         manifest = dict(manifest, format=FORMAT_VERSION, files=files,
                         created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-        manifest["id"] = artefact_id(manifest["checkpoint"]["hash"], manifest["ep"], manifest["precision"])
+        manifest["id"] = artefact_id(manifest["checkpoint"]["hash"], manifest["ep"], manifest["precision"],
+                                     artefact_kind(manifest), (manifest.get("vae") or {}).get("hash"))
         tmp_manifest = work / (MANIFEST + ".part")
         tmp_manifest.write_text(json.dumps(manifest, indent=2))
         os.replace(tmp_manifest, work / MANIFEST)
@@ -142,21 +154,33 @@ class Registry:
                 rows.append(ListedArtefact(folder.name, folder, _read_manifest_quietly(folder), str(exc)))
         return rows
 
-    def find(self, checkpoint_hash: str, ep: str, precision: str | None = None) -> Path | None:
-        """The folder of the artefact for this checkpoint and provider, valid or not; None if none."""
+    def find(self, checkpoint_hash: str, ep: str, precision: str | None = None, *, kind: str = "unet",
+             vae_hash: str | None = None) -> Path | None:
+        """The folder of the artefact for this checkpoint and provider, valid or not; None if none.
+
+        ``kind="vae"`` finds a VAE artefact, which must also match ``vae_hash``."""
         for row in self.list():
             m = row.manifest or {}
             if (m.get("checkpoint", {}).get("hash") == checkpoint_hash and m.get("ep") == ep
-                    and (precision is None or m.get("precision") == precision)):
+                    and (precision is None or m.get("precision") == precision)
+                    and artefact_kind(m) == kind
+                    and (kind == "unet" or (m.get("vae") or {}).get("hash") == vae_hash)):
                 return row.folder
         return None
 
-    def load(self, artefact: str | os.PathLike, checkpoint_hash: str | None = None) -> Artefact:
+    def load(self, artefact: str | os.PathLike, checkpoint_hash: str | None = None,
+             vae_hash: str | None = None) -> Artefact:
         """Validate and return an artefact given its id or folder; raises ``ArtefactError``."""
         folder = Path(artefact)
         if not folder.is_absolute() and not folder.exists():
             folder = self.root / folder
-        return self._validate(folder, checkpoint_hash)
+        loaded = self._validate(folder, checkpoint_hash)
+        made_for = (loaded.manifest.get("vae") or {}).get("hash")
+        if vae_hash is not None and made_for != vae_hash:
+            name = (loaded.manifest.get("vae") or {}).get("name") or "?"
+            raise ArtefactError(f"{folder.name}: made for the VAE {name} ({(made_for or 'none')[:10]}), not for the "
+                                f"loaded one ({vae_hash[:10]}). Export the VAE again.")
+        return loaded
 
     def delete(self, artefact_id_or_folder: str) -> None:
         folder = self.root / Path(artefact_id_or_folder).name
