@@ -38,6 +38,9 @@ class Layout:
 
     data: Path
 
+    def __post_init__(self):
+        object.__setattr__(self, "data", Path(self.data).absolute())
+
     @classmethod
     def default(cls) -> "Layout":
         return cls(Path(os.environ.get(DATA_ENV) or EXTENSION_ROOT / "data").absolute())

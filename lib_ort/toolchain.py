@@ -156,7 +156,7 @@ def _run_pip(python: Path, args: list[str], progress, start: float, span: tuple[
         for line in child.stdout:
             line = line.rstrip()
             lines.append(line)
-            what = re.match(r"\s*(Collecting|Downloading|Installing collected packages|Successfully installed)\s*(\S*)", line)
+            what = re.match(r"\s*(Collecting|Downloading|Installing collected packages|Successfully installed):?\s*([^\s:]*)", line)
             if what:
                 seen += 1
                 fraction = lo + (hi - lo) * (0.9 if what.group(1).startswith(("Installing", "Successfully"))
@@ -191,7 +191,7 @@ def build(folder: Path, host_python: str, host: dict, *, requirements: tuple[str
     if requirements:
         constraints = folder / "ort-turbo-constraints.txt"
         constraints.write_text("".join(c + "\n" for c in constraints_for(host)))
-        report(0.05, f"Olive toolchain: installing {', '.join(requirements[:4])} (about 150 MB; first export only)")
+        report(0.05, f"Olive toolchain: installing {', '.join(requirements[:4])} (about 200 MB; first export only)")
         # --no-compile: Python compiles what the child imports on first use; compiling every file of
         # every package up front costs more than half a minute
         _run_pip(python, ["install", "--prefer-binary", "--no-compile", "-c", str(constraints), *pip_args,
