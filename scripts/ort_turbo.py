@@ -8,12 +8,14 @@ import gradio as gr
 from modules import script_callbacks, scripts, shared
 
 from lib_ort.webui import job, settings, ui, unet
+from lib_ort.webui import vae as ort_vae
 from lib_ort.webui.api import add_routes
 
 shared.options_templates.update(settings.option_templates(shared, gr))
 script_callbacks.on_list_unets(unet.list_unets)
 script_callbacks.on_ui_tabs(lambda: [(ui.build_tab(), "ORT Turbo", "ort_turbo")])
 script_callbacks.on_app_started(lambda demo, app: add_routes(app))
+script_callbacks.on_app_started(lambda demo, app: ort_vae.add_routes(app))
 
 
 class OrtTurboScript(scripts.Script):
@@ -32,6 +34,9 @@ class OrtTurboScript(scripts.Script):
     def before_process(self, p, cfg_free=True, *args):
         job.start_job(p, bool(cfg_free))
 
+    def process(self, p, *args):
+        ort_vae.before_job(p)
+
     def process_batch(self, p, *args, **kwargs):
         from modules import sd_unet
 
@@ -39,6 +44,8 @@ class OrtTurboScript(scripts.Script):
 
     def postprocess_batch(self, p, *args, **kwargs):
         job.after_batch(p)
+        ort_vae.after_batch(p)
 
     def postprocess(self, p, processed, *args):
         job.finish_job()
+        ort_vae.finish_job()

@@ -14,6 +14,7 @@ FP16_VAE = "ort_turbo_fp16_vae"
 CUDA_GRAPHS = "ort_turbo_cuda_graphs"
 CFG_FREE = "ort_turbo_cfg_free"
 ARTEFACT_DIR = "ort_turbo_artefact_dir"
+VAE_ON_ORT = "ort_turbo_vae"
 
 #: setting label -> engine execution provider
 PROVIDERS = {"CUDA": "cuda", "TensorRT": "tensorrt", "DirectML": "dml", "CPU": "cpu"}
@@ -60,6 +61,8 @@ def option_templates(shared, gr) -> dict:
         .info(_provider_info()),
         FP16_VAE: OptionInfo(True, "fp16 VAE (ignored with --no-half-vae / --no-half; the stock SDXL VAE overflows "
                                    "in fp16, use the fp16-fix VAE)"),
+        VAE_ON_ORT: OptionInfo(True, "VAE on ONNX Runtime (while ORT Turbo is the SD Unet and the loaded VAE is "
+                                     "exported for this checkpoint and provider; TAESD is left alone)"),
         CUDA_GRAPHS: OptionInfo(False, "Static shapes with CUDA graphs (CUDA provider; one graph per image size)"),
         CFG_FREE: OptionInfo(True, "CFG-free sampling at CFG scale <= 1 (skip the negative prompt's UNet rows)"),
         ARTEFACT_DIR: OptionInfo("", "Folder for exported models (empty: ORT Turbo's folder in the WebUI's data "

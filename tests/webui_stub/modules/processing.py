@@ -88,8 +88,47 @@ def process_images(p):
                 setattr(shared.opts, k, v)
 
 
+class NansException(Exception):
+    pass
+
+
+def decode_latent_batch(model, batch, target_device=None, check_for_nans=False):
+    """One image at a time through decode_first_stage; on a NaN, the WebUI's auto-revert to an fp32 VAE."""
+    from modules.sd_samplers_common import decode_first_stage
+
+    samples = []
+    for i in range(batch.shape[0]):
+        sample = decode_first_stage(model, batch[i:i + 1])[0]
+        if check_for_nans and torch.isnan(sample).any():
+            if not shared.opts.auto_vae_precision:
+                raise NansException("A tensor with NaNs was produced in VAE.")
+            devices.dtype_vae = torch.float32
+            model.first_stage_model.to(devices.dtype_vae)
+            sample = decode_first_stage(model, batch[i:i + 1])[0]
+        samples.append(sample if target_device is None else sample.to(target_device))
+    return samples
+
+
+def _init(p):
+    """img2img's init: encode the init images (only for models with a real first stage)."""
+    if p.init_images is not None and hasattr(shared.sd_model, "encode_first_stage"):
+        from modules.sd_samplers_common import images_tensor_to_samples
+
+        p.init_latent = images_tensor_to_samples(torch.stack(list(p.init_images)), model=shared.sd_model)
+
+
+def _decode(samples):
+    """Models with a real first stage go through the WebUI's decode path; the plain stand-in VAE is called."""
+    model = shared.sd_model
+    if hasattr(model, "decode_first_stage"):
+        decoded = torch.stack(decode_latent_batch(model, samples, target_device=devices.cpu, check_for_nans=True))
+        return decoded.float()
+    return model.first_stage_model(samples.to(devices.dtype_vae)).float()
+
+
 def process_images_inner(p):
     p.scripts.process(p)
+    _init(p)
     sd_unet.apply_unet()
     images, infotexts = [], []
     for n in range(p.n_iter):
@@ -97,8 +136,7 @@ def process_images_inner(p):
             break
         p.scripts.process_batch(p, batch_number=n)
         samples = p.sample()
-        vae = shared.sd_model.first_stage_model
-        decoded = vae(samples.to(devices.dtype_vae)).float()
+        decoded = _decode(samples)
         p.scripts.postprocess_batch(p, decoded, batch_number=n)
         images.append(decoded)
         infotexts.append(create_infotext(p))

@@ -12,6 +12,7 @@ options_templates = {
     "img2img_fix_steps": OptionInfo(False, "With img2img, do exactly the amount of steps", section=("img2img", "img2img")),
     "auto_vae_precision": OptionInfo(True, "Automatically revert VAE to 32-bit floats", section=("vae", "VAE")),
     "sd_vae_decode_method": OptionInfo("Full", "VAE type for decode", section=("vae", "VAE")),
+    "sd_vae_encode_method": OptionInfo("Full", "VAE type for encode", section=("vae", "VAE")),
 }
 opts = Options(options_templates)
 cmd_opts = types.SimpleNamespace(no_half=False, no_half_vae=False, api=False, nowebui=False, medvram=False,

@@ -1,0 +1,363 @@
+"""The WebUI's VAE on ONNX Runtime: export the loaded VAE, and route the job's decode/encode through it.
+
+What is replaced, and why there: ``first_stage_model.decode`` and ``.encode`` of the loaded model, as
+instance attributes, for one job. Every full-VAE path of the WebUI ends there (``decode_first_stage``
+after ``decode_latent_batch`` / ``samples_to_images_tensor``; ``encode_first_stage`` in
+``images_tensor_to_samples`` for img2img and hires), with the WebUI's own scaling, casting and NaN
+check around it, so the tensors in and out are the PyTorch VAE's. TAESD and the approximate decoders
+never call them, so a decode method the user picked is left alone. The attributes are removed at
+``postprocess``, at ``p.close()`` (also when a job fails) and, as a last resort, when the next job starts.
+
+When: ORT Turbo is the selected SD Unet (checked when the job starts, and again at every call, so
+another SD Unet that became active is never bypassed), the "VAE on ONNX Runtime" setting is on, and
+an artefact exists for the loaded checkpoint, the loaded VAE (its own hash: a VAE picked in the VAE
+dropdown is another VAE) and the provider, in the precision the "fp16 VAE" setting chooses. Anything
+else, or any ONNX Runtime failure, runs the PyTorch VAE, with the reason in the infotext.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import torch
+
+from modules import sd_unet, shared
+
+from ..errors import ArtefactError, OrtTurboError, UnsupportedInput
+from ..recipes import vae_precision
+from ..vae import GuardedDecoder, OrtVae
+from ..vae_export import export_vae
+from ..vae_pipeline import find_vae_artefact, optimize_vae_export
+from . import service, settings
+
+INFOTEXT_KEY = "ORT Turbo VAE"
+_MISSING = object()
+_hashes: dict[tuple, str] = {}
+_runners: dict[tuple, OrtVae] = {}
+_lock = threading.Lock()
+
+
+# -- which VAE is loaded ---------------------------------------------------------------------------
+
+def _loaded_vae_file() -> str | None:
+    try:
+        from modules import sd_vae
+    except ImportError:
+        return None
+    return getattr(sd_vae, "loaded_vae_file", None)
+
+
+def _file_hash(path: str) -> str:
+    """sha256 of a VAE file, computed once per (path, size, mtime): a 335 MB VAE takes about a second."""
+    from ..checkpoint import file_sha256
+
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _hashes:
+        _hashes[key] = file_sha256(path)
+    return _hashes[key]
+
+
+def vae_record(sd_model) -> dict:
+    """The manifest's VAE entry: the VAE file's sha256, or the checkpoint's own for its built-in VAE."""
+    path = _loaded_vae_file()
+    if path:
+        return {"hash": _file_hash(path), "name": os.path.basename(path), "file": True}
+    checkpoint = service.checkpoint_record(sd_model.sd_checkpoint_info)
+    return {"hash": checkpoint["hash"], "name": f"built-in VAE of {checkpoint['name']}", "file": False}
+
+
+def wanted_precision(ep: str) -> str:
+    """What the "fp16 VAE" setting (with --no-half-vae and the WebUI's NaN auto-revert) asks for, on ``ep``."""
+    from .job import VaeScope
+
+    return vae_precision(ep, VaeScope().target() == torch.float16)
+
+
+# -- export ------------------------------------------------------------------------------------------
+
+def export_loaded_vae(ep: str, *, precision: str | None = None, fp32_fallback: bool = True, progress=None) -> dict:
+    """Export and optimize the loaded VAE for ``ep``; returns the artefact's manifest.
+
+    ``precision`` defaults to what the "fp16 VAE" setting asks for. With an fp16 VAE and
+    ``fp32_fallback``, an fp32 artefact is made too, so the NaN guard decodes again on ONNX Runtime.
+    The WebUI's queue lock is held only while the VAE is traced (seconds).
+    """
+    from modules import call_queue
+
+    report = progress or (lambda fraction, message: None)
+    if ep not in settings.PROVIDERS.values():
+        raise OrtTurboError(f"unknown provider {ep!r}; choose one of {', '.join(settings.PROVIDERS.values())}")
+    sd_model = shared.sd_model
+    if sd_model is None:
+        raise OrtTurboError("no checkpoint is loaded")
+    precision = precision or wanted_precision(ep)
+    reg = service.registry()
+    checkpoint = service.checkpoint_record(sd_model.sd_checkpoint_info)
+    record = vae_record(sd_model)
+    service.log(f"exporting the VAE ({record['name']}) for {ep} in {precision}")
+    scratch = reg.new_work_folder("export-vae")
+    try:
+        with call_queue.queue_lock:  # no generation may decode while the VAE is on the CPU in fp32
+            export_vae(sd_model.first_stage_model, scratch / "export", progress=lambda f, m: report(0.1 * f, m))
+        precisions = [precision] + (["fp32"] if precision != "fp32" and fp32_fallback else [])
+        artefact = None
+        for i, prec in enumerate(precisions):
+            share = 0.9 / len(precisions)
+            made = optimize_vae_export(scratch / "export", ep, prec, reg, checkpoint=checkpoint, vae=record,
+                                       toolchain=service.toolchain(),
+                                       progress=lambda f, m, i=i, share=share: report(0.1 + share * (i + f), m))
+            artefact = artefact or made
+    finally:
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
+        service.artefacts_changed()
+    service.log(f"VAE ready: {artefact.id}")
+    report(1.0, f"VAE ready: {artefact.id}")
+    return artefact.manifest
+
+
+def add_routes(app) -> None:
+    """``POST /ort-turbo/v1/export-vae`` ``{"provider": "Automatic" | "CUDA" | "cuda" | ...}``."""
+    from fastapi import Body, HTTPException
+
+    def export(body: dict = Body(...)):
+        choice = (body or {}).get("provider", "Automatic")
+        if choice in settings.PROVIDER_CHOICES:
+            ep = settings.resolve_provider(choice)
+        elif choice in settings.PROVIDERS.values():
+            ep = choice
+        else:
+            raise HTTPException(400, f"unknown provider {choice!r}; use one of "
+                                     f"{', '.join([*settings.PROVIDERS.values(), *settings.PROVIDER_CHOICES])}")
+        try:
+            return export_loaded_vae(ep, precision=(body or {}).get("precision"))
+        except (OrtTurboError, ValueError) as exc:
+            raise HTTPException(409 if "no checkpoint" in str(exc) else 500, str(exc)) from exc
+
+    app.add_api_route("/ort-turbo/v1/export-vae", export, methods=["POST"])
+
+
+# -- the job -----------------------------------------------------------------------------------------
+
+def _ours_selected() -> bool:
+    from .unet import OrtTurboOption
+
+    try:
+        return isinstance(sd_unet.get_unet_option(), OrtTurboOption)
+    except Exception:
+        return False
+
+
+def _runner(artefact) -> OrtVae:
+    key = (str(artefact.folder), artefact.manifest.get("created"))
+    with _lock:
+        if key not in _runners:
+            if len(_runners) >= 4:
+                _runners.pop(next(iter(_runners)))
+            _runners[key] = OrtVae(artefact)
+        return _runners[key]
+
+
+class VaeRoute:
+    """``first_stage_model.decode``/``encode`` through ORT for one job, and what the job's infotext says."""
+
+    def __init__(self, sd_model, fast: OrtVae, fp32: OrtVae | None, record: dict):
+        self.sd_model = sd_model
+        self.vae = sd_model.first_stage_model
+        self.fast = fast
+        self.record = record
+        self.guard = GuardedDecoder(fast, vae_name=record["name"], torch_decode=self._torch_decode_fp32, fp32=fp32,
+                                    notify=self._notify)
+        self.saved: dict | None = None
+        self.originals: dict = {}
+        self.ort_calls = 0
+        self.torch_calls = 0
+        self.notes: list[str] = []
+
+    # installing ------------------------------------------------------------------------------------
+
+    def install(self) -> None:
+        self.saved = {name: vars(self.vae).get(name, _MISSING) for name in ("decode", "encode")}
+        self.originals = {name: getattr(self.vae, name) for name in ("decode", "encode")}
+        self.vae.decode = self.decode
+        self.vae.encode = self.encode
+
+    def restore(self) -> None:
+        if self.saved is None:
+            return
+        for name, value in self.saved.items():
+            if value is _MISSING:
+                vars(self.vae).pop(name, None)
+            else:
+                setattr(self.vae, name, value)
+        self.saved = None
+
+    # calls -----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def serving() -> bool:
+        """ORT Turbo is the SD Unet (or is selected and not applied yet, as during img2img's encode)."""
+        from .unet import is_ours_active
+
+        return sd_unet.current_unet is None or is_ours_active()
+
+    def decode(self, z, *args, **kwargs):
+        if args or kwargs or not self.serving():
+            return self._torch("decode", None, z, *args, **kwargs)
+        try:
+            out = self.guard.decode(z)
+            self.ort_calls += 1
+            return out
+        except UnsupportedInput as exc:
+            return self._torch("decode", exc.reason, z)
+        except Exception as exc:  # an ONNX Runtime failure must not end the user's generation
+            return self._torch("decode", f"ONNX Runtime failed ({type(exc).__name__}: {exc})", z)
+
+    def encode(self, x, *args, **kwargs):
+        if args or not self.serving() or set(kwargs) - {"return_reg_log", "unregularized"}:
+            return self._torch("encode", None, x, *args, **kwargs)
+        try:
+            moments = self.fast.encode_moments(x)
+        except UnsupportedInput as exc:
+            return self._torch("encode", exc.reason, x, **kwargs)
+        except Exception as exc:
+            return self._torch("encode", f"ONNX Runtime failed ({type(exc).__name__}: {exc})", x, **kwargs)
+        self.ort_calls += 1
+        return self._posterior(moments, **kwargs)
+
+    def _posterior(self, moments, return_reg_log=False, unregularized=False):
+        """What the PyTorch ``encode`` returns: ldm's Gaussian, or sgm's regularised sample (SDXL)."""
+        regularization = getattr(self.vae, "regularization", None)
+        if regularization is None:
+            from ldm.modules.distributions.distributions import DiagonalGaussianDistribution
+
+            return DiagonalGaussianDistribution(moments)
+        if unregularized:
+            return moments, {}
+        z, log = regularization(moments)
+        return (z, log) if return_reg_log else z
+
+    def _torch(self, name: str, reason: str | None, *args, **kwargs):
+        if reason is not None:
+            self._note(f"PyTorch VAE {name}: {reason}")
+        self.torch_calls += 1
+        return self.originals[name](*args, **kwargs)
+
+    def _torch_decode_fp32(self, z):
+        """The PyTorch VAE in fp32 for one decode (the NaN guard's last resort), then back to its dtype."""
+        dtype = next(self.vae.parameters()).dtype
+        try:
+            if dtype != torch.float32:
+                self.vae.to(torch.float32)
+            with torch.no_grad():
+                return self.originals["decode"](z.to(torch.float32))
+        finally:
+            if dtype != torch.float32:
+                self.vae.to(dtype)
+
+    def _notify(self, message: str, first_time: bool) -> None:
+        if first_time:
+            service.log(message)
+        self._note(message, console=False)
+
+    def _note(self, text: str, console: bool = True) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+            if console:
+                service.log(text)
+
+    def infotext(self) -> str | None:
+        if not self.ort_calls and not self.notes:
+            return None
+        text = f"{self.fast.id} ({self.fast.ep})" if self.ort_calls else "PyTorch"
+        return "; ".join([text, *self.notes])
+
+
+class _Job:
+    route: VaeRoute | None = None
+    unavailable: str | None = None
+
+
+_job = _Job()
+
+
+def current_route() -> VaeRoute | None:
+    return _job.route
+
+
+def _find(sd_model) -> tuple[OrtVae | None, OrtVae | None, dict, str | None]:
+    """(fast runner, fp32 runner or None, VAE record, why there is none)."""
+    ep = service.provider()
+    record = vae_record(sd_model)
+    checkpoint = service.checkpoint_record(sd_model.sd_checkpoint_info)
+    reg = service.registry()
+    precision = wanted_precision(ep)
+    fp32 = find_vae_artefact(reg, checkpoint["hash"], record["hash"], ep, "fp32")
+    fast = find_vae_artefact(reg, checkpoint["hash"], record["hash"], ep, precision) if precision != "fp32" else fp32
+    if fast is None and fp32 is not None:
+        fast = fp32  # the fp32 export serves an fp16 request: slower, never wrong
+    if fast is None:
+        return None, None, record, (f"no {ep} VAE export for {record['name']}; export the VAE in the ORT Turbo tab")
+    fast_runner = _runner(fast)
+    fp32_runner = _runner(fp32) if fp32 is not None and fp32.folder != fast.folder else None
+    return fast_runner, fp32_runner, record, None
+
+
+def before_job(p) -> None:
+    """From the script's ``process`` hook (before img2img's encode and before the UNet is applied)."""
+    finish_job()  # a job that never finished
+    sd_model = shared.sd_model
+    if sd_model is None or getattr(sd_model, "first_stage_model", None) is None:
+        return
+    if not _ours_selected() or not bool(getattr(shared.opts, settings.VAE_ON_ORT, True)):
+        return
+    try:
+        fast, fp32, record, why = _find(sd_model)
+    except (ArtefactError, OrtTurboError) as exc:  # a broken artefact is worth a line in the console
+        fast, why = None, str(exc)
+        service.log(f"PyTorch VAE used: {why}")
+    if fast is None:
+        _job.unavailable = why
+        return
+    _job.route = VaeRoute(sd_model, fast, fp32, record)
+    _job.route.install()
+    _restore_on_close(p)
+
+
+def _restore_on_close(p) -> None:
+    original = p.close
+
+    def close(*args, **kwargs):
+        try:
+            finish_job()
+        finally:
+            return original(*args, **kwargs)
+
+    p.close = close
+
+
+def after_batch(p) -> None:
+    """From ``postprocess_batch``: what decoded this batch, for the infotext."""
+    route = _job.route
+    text = route.infotext() if route is not None else None
+    if route is None and _job.unavailable and _ours_selected():
+        text = f"PyTorch; {_job.unavailable}"
+    if text:
+        p.extra_generation_params[INFOTEXT_KEY] = text
+
+
+def finish_job() -> None:
+    if _job.route is not None:
+        _job.route.restore()
+    _job.route = None
+    _job.unavailable = None
+
+
+def forget_sessions() -> None:
+    """Drop cached ONNX Runtime VAE sessions (after artefacts change or to give memory back)."""
+    with _lock:
+        _runners.clear()
+

@@ -1,0 +1,189 @@
+"""The VAE on ONNX Runtime inside the (stand-in) WebUI: routing only while ORT Turbo is the SD Unet,
+the same tensors as the PyTorch VAE for decode and img2img's encode, TAESD left alone, a swapped VAE
+never served by another VAE's artefact, and the WebUI's functions put back after every job."""
+
+import pytest
+import torch
+
+from conftest import StubSdModel, script_runner
+from modules import devices, sd_unet, sd_vae, sd_vae_taesd, shared
+from modules.processing import StableDiffusionProcessing, run_job
+
+from lib_ort.vae_architectures import build_vae
+from lib_ort.webui import settings
+from lib_ort.webui import vae as ort_vae
+from lib_ort.webui.unet import LABEL
+
+
+class VaeSdModel(StubSdModel):
+    """The tiny SD2 checkpoint with a real ldm VAE and ldm's LatentDiffusion first-stage methods."""
+
+    scale_factor = 0.18215
+
+    def __init__(self):
+        super().__init__("tiny-sd2", "models/Stable-diffusion/turbo/tiny-sd2-vae.safetensors")
+        self.first_stage_model = build_vae("tiny-ldm", seed=0).to(devices.dtype_vae)
+
+    @torch.no_grad()
+    def decode_first_stage(self, z):
+        return self.first_stage_model.decode(1.0 / self.scale_factor * z)
+
+    @torch.no_grad()
+    def encode_first_stage(self, x):
+        return self.first_stage_model.encode(x)
+
+    def get_first_stage_encoding(self, posterior):
+        return self.scale_factor * posterior.sample()
+
+
+@pytest.fixture(scope="module")
+def vae_model(extension):
+    return VaeSdModel()
+
+
+@pytest.fixture(scope="module")
+def vae_exported(extension, exported, vae_model):
+    shared.sd_model = vae_model
+    return ort_vae.export_loaded_vae("cpu")
+
+
+@pytest.fixture()
+def webui(fresh_webui, vae_model, vae_exported):
+    shared.sd_model = vae_model
+    vae_model.first_stage_model.to(devices.dtype_vae)
+    sd_vae.loaded_vae_file = None
+    calls = {"decoder": 0, "encoder": 0}
+    hooks = [getattr(vae_model.first_stage_model, part).register_forward_hook(
+        lambda m, i, o, part=part: calls.__setitem__(part, calls[part] + 1)) for part in calls]
+    yield calls
+    for h in hooks:
+        h.remove()
+    sd_vae.loaded_vae_file = None
+    sd_unet.apply_unet("None")
+    shared.sd_model = fresh_webui.sd_model
+
+
+def run(extension, **kwargs):
+    p = StableDiffusionProcessing(script_runner(extension), **kwargs)
+    return p, run_job(p)
+
+
+def pixels(images):
+    return ((torch.stack(images).float() + 1) / 2).clamp(0, 1) * 255
+
+
+def no_patch_left(model):
+    return not {"decode", "encode"} & set(vars(model.first_stage_model))
+
+
+def test_decode_runs_on_ort_while_ort_turbo_is_the_sd_unet(webui, extension, vae_model, vae_exported):
+    shared.opts.data["sd_unet"] = LABEL
+    p, ours = run(extension, batch_size=2, steps=1, cfg_scale=1.0, seed=3)
+    assert webui["decoder"] == 0  # no PyTorch decode at all
+    assert f"ORT Turbo VAE: {vae_exported['id']} (cpu)" in ours.infotexts[0]
+    assert no_patch_left(vae_model)
+
+    shared.opts.data["sd_unet"] = "None"
+    _, reference = run(extension, batch_size=2, steps=1, cfg_scale=1.0, seed=3)
+    assert webui["decoder"] == 2  # the WebUI decodes one image at a time
+    assert "ORT Turbo VAE" not in reference.infotexts[0]
+    # same latents (the ORT UNet and the PyTorch UNet agree), same images within fp16 rounding
+    assert float((pixels(ours.images) - pixels(reference.images)).abs().max()) <= 2
+
+
+def test_another_sd_unet_is_never_bypassed(webui, extension, vae_model):
+    class Other(sd_unet.SdUnetOption):
+        label = "Other"
+
+        def create_unet(self):
+            return sd_unet.SdUnet()
+
+    sd_unet.unet_options.append(Other())
+    try:
+        shared.opts.data["sd_unet"] = "Other"
+        p = StableDiffusionProcessing(script_runner(extension))
+        p.scripts.process(p)
+        assert ort_vae.current_route() is None and no_patch_left(vae_model)
+    finally:
+        sd_unet.unet_options[:] = [o for o in sd_unet.unet_options if o.label != "Other"]
+    # and a route installed for ORT Turbo steps aside if another SD Unet is active when the VAE is called
+    shared.opts.data["sd_unet"] = LABEL
+    p = StableDiffusionProcessing(script_runner(extension))
+    p.scripts.process(p)
+    route = ort_vae.current_route()
+    assert route is not None and route.serving()
+    sd_unet.current_unet = sd_unet.SdUnet()
+    try:
+        vae_model.first_stage_model.decode(torch.randn(1, 4, 8, 8, dtype=devices.dtype_vae))
+        assert webui["decoder"] == 1 and route.ort_calls == 0
+    finally:
+        sd_unet.current_unet = None
+        ort_vae.finish_job()
+    assert no_patch_left(vae_model)
+
+
+def test_the_setting_turns_it_off(webui, extension):
+    shared.opts.data["sd_unet"] = LABEL
+    shared.opts.data[settings.VAE_ON_ORT] = False
+    _, processed = run(extension, steps=1, cfg_scale=1.0)
+    assert webui["decoder"] == 1 and "ORT Turbo VAE" not in processed.infotexts[0]
+
+
+def test_taesd_picked_by_the_user_is_left_alone(webui, extension):
+    shared.opts.data["sd_unet"] = LABEL
+    shared.opts.data["sd_vae_decode_method"] = "TAESD"
+    before = sd_vae_taesd.calls["decoder"]
+    _, processed = run(extension, batch_size=2, steps=1, cfg_scale=1.0)
+    assert sd_vae_taesd.calls["decoder"] == before + 2
+    assert webui["decoder"] == 0 and "ORT Turbo VAE" not in processed.infotexts[0]
+
+
+def test_a_vae_picked_in_the_dropdown_is_not_served_by_the_checkpoints_vae_artefact(webui, extension, tmp_path):
+    shared.opts.data["sd_unet"] = LABEL
+    other = tmp_path / "other-vae.safetensors"
+    other.write_bytes(b"another VAE's weights")
+    sd_vae.loaded_vae_file = str(other)
+    _, processed = run(extension, steps=1, cfg_scale=1.0)
+    assert webui["decoder"] == 1
+    assert "ORT Turbo VAE: PyTorch; no cpu VAE export for other-vae.safetensors" in processed.infotexts[0]
+
+
+def test_img2img_encode_runs_on_ort_with_the_same_posterior(webui, extension, vae_model):
+    images = [torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    latents = {}
+    for unet in (LABEL, "None"):
+        shared.opts.data["sd_unet"] = unet
+        p = StableDiffusionProcessing(script_runner(extension), steps=1, cfg_scale=1.0, init_images=images)
+        torch.manual_seed(0)  # the posterior's sample() draws from torch's generator
+        run_job(p)
+        latents[unet] = p.init_latent.float()
+    assert webui["encoder"] == 2  # only the PyTorch run encoded in PyTorch, one image at a time
+    assert latents[LABEL].shape == (2, 4, 8, 8)
+    rel = (latents[LABEL] - latents["None"]).abs().max() / latents["None"].abs().max()
+    assert float(rel) < 2e-3  # the PyTorch VAE is fp16 here; ORT computes in fp32
+    assert no_patch_left(vae_model)
+
+
+def test_patches_are_removed_when_the_job_fails(webui, extension, vae_model):
+    shared.opts.data["sd_unet"] = LABEL
+    p = StableDiffusionProcessing(script_runner(extension), steps=2, cfg_scale=1.0, fail_at_step=0)
+    with pytest.raises(RuntimeError, match="on purpose"):
+        run_job(p)
+    assert ort_vae.current_route() is None and no_patch_left(vae_model)
+
+
+def test_the_fp16_vae_setting_chooses_the_ort_vae_precision(webui):
+    assert ort_vae.wanted_precision("cuda") == "fp16" and ort_vae.wanted_precision("cpu") == "fp32"
+    shared.cmd_opts.no_half_vae = True
+    assert ort_vae.wanted_precision("cuda") == "fp32"
+    shared.cmd_opts.no_half_vae = False
+    shared.opts.data[settings.FP16_VAE] = False
+    assert ort_vae.wanted_precision("dml") == "fp32"
+
+
+def test_the_vae_artefact_is_keyed_by_checkpoint_and_vae(vae_exported, vae_model):
+    assert vae_exported["kind"] == "vae" and vae_exported["ep"] == "cpu" and vae_exported["precision"] == "fp32"
+    assert vae_exported["checkpoint"]["hash"] == vae_model.sd_checkpoint_info.sha256
+    assert vae_exported["vae"]["hash"] == vae_model.sd_checkpoint_info.sha256  # the built-in VAE
+    assert vae_exported["vae"]["name"].startswith("built-in VAE of")
+    assert next(vae_model.first_stage_model.parameters()).dtype == devices.dtype_vae  # put back after the trace

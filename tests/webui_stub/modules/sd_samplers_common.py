@@ -1,0 +1,47 @@
+"""Stand-in of modules/sd_samplers_common.py: the VAE decode/encode paths (API notes §9).
+
+``decode_first_stage`` casts to ``dtype_vae`` and picks the decoder by ``sd_vae_decode_method``: the
+full VAE goes through ``model.decode_first_stage`` (cast to the VAE's dtype, as the WebUI does),
+TAESD through its own small model. ``images_tensor_to_samples`` is img2img's and hires' encode.
+"""
+
+import torch
+
+from modules import devices, shared
+
+approximation_indexes = {"Full": 0, "Approx NN": 1, "Approx cheap": 2, "TAESD": 3}
+
+
+def samples_to_images_tensor(sample, approximation=None, model=None):
+    """latents -> images in [-1, 1]."""
+    if approximation is None:
+        approximation = approximation_indexes.get(shared.opts.sd_vae_decode_method, 0)
+    if approximation == 3:
+        from modules import sd_vae_taesd
+
+        return sd_vae_taesd.decoder_model()(sample.to(devices.device, devices.dtype)).detach() * 2 - 1
+    model = model or shared.sd_model
+    return model.decode_first_stage(sample.to(model.first_stage_model.dtype))
+
+
+def decode_first_stage(model, x):
+    x = x.to(devices.dtype_vae)
+    approx_index = approximation_indexes.get(shared.opts.sd_vae_decode_method, 0)
+    return samples_to_images_tensor(x, approx_index, model)
+
+
+def images_tensor_to_samples(image, approximation=None, model=None):
+    """images in [0, 1] -> latents."""
+    if approximation is None:
+        approximation = approximation_indexes.get(shared.opts.sd_vae_encode_method, 0)
+    if approximation == 3:
+        from modules import sd_vae_taesd
+
+        return sd_vae_taesd.encoder_model()(image.to(devices.device, devices.dtype))
+    model = model or shared.sd_model
+    model.first_stage_model.to(devices.dtype_vae)
+    image = image.to(devices.device, dtype=devices.dtype_vae) * 2 - 1
+    if len(image) > 1:
+        return torch.stack([model.get_first_stage_encoding(model.encode_first_stage(torch.unsqueeze(img, 0)))[0]
+                            for img in image])
+    return model.get_first_stage_encoding(model.encode_first_stage(image))
