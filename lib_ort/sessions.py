@@ -43,6 +43,8 @@ class SessionPlan:
     io_binding: bool
     cuda_graph: bool
     preload_dlls: bool
+    #: extra folders whose cuDNN ORT loads first (cuDNN 9 beside a torch that ships cuDNN 8)
+    dll_directories: list = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -126,7 +128,16 @@ def plan_session(ep: str, *, manifest: dict | None = None, device_id: int = 0, s
             trt["user_compute_stream"] = str(stream)
         providers.insert(0, ("TensorrtExecutionProvider", trt))
     return SessionPlan(ep, providers, session_options, session_config, run_config,
-                       io_binding=True, cuda_graph=cuda_graph and ep == "cuda", preload_dlls=True)
+                       io_binding=True, cuda_graph=cuda_graph and ep == "cuda", preload_dlls=True,
+                       dll_directories=side_cudnn_directories())
+
+
+def side_cudnn_directories() -> list[str]:
+    """cuDNN 9 that install.py put beside a torch carrying cuDNN 8 (onnxruntime-gpu 1.19+ needs 9)."""
+    from .install_layout import Layout
+
+    lib = Layout.default().side_folder("cudnn9-cu12") / "nvidia" / "cudnn" / ("bin" if os.name == "nt" else "lib")
+    return [str(lib)] if lib.is_dir() else []
 
 
 def require_provider(ep: str) -> None:
@@ -148,6 +159,11 @@ def create_session(model_path: str | os.PathLike, plan: SessionPlan):
     require_provider(plan.ep)
     wanted = plan.providers[0][0]
     if plan.preload_dlls and hasattr(ort, "preload_dlls"):
+        for directory in plan.dll_directories:
+            try:
+                ort.preload_dlls(cuda=False, cudnn=True, msvc=False, directory=directory)
+            except Exception as exc:
+                raise OrtTurboError(f"could not load cuDNN 9 from {directory}: {exc}") from exc
         try:
             ort.preload_dlls()
         except Exception:  # torch's own CUDA libraries may already be loaded, which is fine

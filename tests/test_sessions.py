@@ -109,3 +109,22 @@ def test_unavailable_provider_is_a_clear_error(tmp_path):
         pytest.skip("DirectML present")
     with pytest.raises(OrtTurboError, match="has no DmlExecutionProvider"):
         create_session(tmp_path / "model.onnx", plan_session("dml"))
+
+
+def test_side_cudnn9_folder_is_loaded_first_when_install_put_one_there(tmp_path, monkeypatch):
+    monkeypatch.setenv("ORT_TURBO_DATA", str(tmp_path))
+    assert plan_session("cuda").dll_directories == []
+    lib = tmp_path / "runtime-libs" / "cudnn9-cu12" / "nvidia" / "cudnn" / "lib"
+    lib.mkdir(parents=True)
+    assert plan_session("cuda").dll_directories == [str(lib)]
+    assert plan_session("cpu").dll_directories == []
+
+
+def test_toolchain_requirements_match_the_tested_dev_pins():
+    """The Olive toolchain installs what the test suite ran with (requirements-dev.txt)."""
+    from pathlib import Path
+
+    from lib_ort.toolchain import REQUIREMENTS
+
+    dev = {line.split("#")[0].strip() for line in (Path(__file__).parent.parent / "requirements-dev.txt").read_text().splitlines()}
+    assert set(REQUIREMENTS) <= dev

@@ -14,6 +14,7 @@ from pathlib import Path
 from modules import shared
 
 from ..errors import OrtTurboError
+from ..install_layout import Layout, default_artefacts_root
 from ..optimize import Toolchain
 from ..pipeline import export_folder, prepare
 from ..registry import Registry
@@ -35,26 +36,20 @@ def artefacts_changed() -> None:
     _generation[0] += 1
 
 
-def data_dir() -> Path:
-    return Path(getattr(shared, "data_path", ".")) / "ort-turbo"
-
-
 def registry() -> Registry:
     custom = (getattr(shared.opts, settings.ARTEFACT_DIR, "") or "").strip()
-    return Registry(Path(custom) if custom else data_dir() / "artefacts")
+    return Registry(Path(custom) if custom else default_artefacts_root())
 
 
 def provider() -> str:
     return settings.resolve_provider(getattr(shared.opts, settings.PROVIDER, "Automatic"))
 
 
-def toolchain() -> Toolchain:
-    """The Olive environment the optimization child runs in (made on first use by the installer module)."""
-    try:
-        from ..toolchain import ensure_toolchain  # the install issue's toolchain manager
-    except ImportError:
-        return Toolchain()
-    return ensure_toolchain(data_dir() / "toolchain", progress=lambda f, m: log(m))
+def toolchain(progress=None) -> Toolchain:
+    """The Olive environment the optimization child runs in: built on the first export, then reused."""
+    from ..toolchain import ensure_toolchain
+
+    return ensure_toolchain(Layout.default(), host_python=sys.executable, progress=progress)
 
 
 def checkpoint_record(info) -> dict:
@@ -131,7 +126,7 @@ def export_loaded_checkpoint(ep: str, progress=None) -> dict:
         finally:
             if was_active:
                 sd_unet.apply_unet()
-    tools = toolchain()
+    tools = toolchain(progress=lambda f, m: both(0.4, m))
     try:
         prepared = prepare(None, reg, record, ep, toolchain=tools, force=True, keep_export=False,
                            progress=lambda f, m: both(f, m))

@@ -54,6 +54,35 @@ def delete_clicked(artefact_id: str):
     return f"Deleted `{artefact_id}`.", rows, gr.update(choices=ids, value=None)
 
 
+def _usage_markdown() -> str:
+    from ..install_layout import usage
+
+    sizes = usage(artefacts_root=service.registry().root)
+    mb = {k: v / 2**20 for k, v in sizes.items()}
+    return (f"Olive toolchain: {mb['toolchain']:.0f} MB · runtime libraries: {mb['runtime_libs']:.0f} MB · "
+            f"exports: {mb['artefacts']:.0f} MB")
+
+
+def delete_toolchain_clicked():
+    from ..install_layout import delete_toolchain
+
+    try:
+        freed = delete_toolchain()
+    except OrtTurboError as exc:
+        raise gr.Error(str(exc)) from exc
+    return f"Deleted the Olive toolchain ({freed / 2**20:.0f} MB); the next export builds it again.", _usage_markdown()
+
+
+def delete_all_clicked():
+    from ..install_layout import delete_artefacts
+
+    freed = delete_artefacts(service.registry().root)
+    service.artefacts_changed()
+    rows, ids = _table()
+    return (f"Deleted every export ({freed / 2**20:.0f} MB).", _usage_markdown(), rows,
+            gr.update(choices=ids, value=None))
+
+
 def build_tab():
     rows, ids = _table()
     with gr.Blocks(analytics_enabled=False) as tab:
@@ -69,7 +98,14 @@ def build_tab():
             choice = gr.Dropdown(ids, label="Export", elem_id="ort_turbo_delete_choice")
             delete = gr.Button("Delete", elem_id="ort_turbo_delete")
             refresh = gr.Button("Refresh", elem_id="ort_turbo_refresh")
+        with gr.Accordion("Clean up", open=False):
+            usage_text = gr.Markdown(_usage_markdown(), elem_id="ort_turbo_usage")
+            with gr.Row():
+                drop_toolchain = gr.Button("Delete Olive toolchain", elem_id="ort_turbo_delete_toolchain")
+                drop_all = gr.Button("Delete all exports", variant="stop", elem_id="ort_turbo_delete_all")
         export.click(export_clicked, inputs=[provider], outputs=[message, table, choice])
+        drop_toolchain.click(delete_toolchain_clicked, outputs=[message, usage_text])
+        drop_all.click(delete_all_clicked, outputs=[message, usage_text, table, choice])
         delete.click(delete_clicked, inputs=[choice], outputs=[message, table, choice])
         refresh.click(refresh_clicked, outputs=[table, choice])
     return tab

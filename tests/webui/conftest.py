@@ -82,12 +82,14 @@ def webui_routing():
 def extension(tmp_path_factory):
     """Load scripts/ort_turbo.py as the WebUI does (module name = file name)."""
     shared.data_path = str(tmp_path_factory.mktemp("webui-data"))
+    os.environ["ORT_TURBO_HOME"] = str(tmp_path_factory.mktemp("artefacts"))
+    os.environ["ORT_TURBO_DATA"] = str(tmp_path_factory.mktemp("ort-turbo-data"))
     spec = importlib.util.spec_from_file_location("ort_turbo", REPO / "scripts" / "ort_turbo.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     from lib_ort.webui import service
 
-    service.toolchain = lambda: Toolchain(python=TOOLCHAIN_PYTHON)
+    service.toolchain = lambda progress=None: Toolchain(python=TOOLCHAIN_PYTHON)
     return module
 
 
