@@ -81,7 +81,7 @@ def artefact_rows() -> list[dict]:
             "checkpoint": (m.get("checkpoint") or {}).get("name", "?"),
             "provider": m.get("ep", "?"),
             "precision": m.get("precision", "?"),
-            "family": m.get("family", "?"),
+            "family": m.get("family") or m.get("kind", "?"),
             "size_mb": round(sum((m.get("files") or {}).values()) / 2**20, 1),
             "created": m.get("created", "?"),
             "valid": row.valid,

@@ -38,6 +38,21 @@ def export_clicked(provider_label: str, progress=gr.Progress()):
     return message, rows, gr.update(choices=ids)
 
 
+def export_vae_clicked(provider_label: str, progress=gr.Progress()):
+    from . import vae as ort_vae
+
+    ep = settings.resolve_provider(provider_label)
+    try:
+        manifest = ort_vae.export_loaded_vae(ep, progress=lambda f, m: progress(f, desc=m))
+    except (OrtTurboError, ValueError) as exc:
+        raise gr.Error(str(exc)) from exc
+    finally:
+        service.artefacts_changed()
+    rows, ids = _table()
+    return (f"Exported the VAE for **{manifest['ep']}** ({manifest['precision']}) as `{manifest['id']}`; it runs "
+            "while ORT Turbo is the SD Unet and *VAE on ONNX Runtime* is on."), rows, gr.update(choices=ids)
+
+
 def refresh_clicked():
     rows, ids = _table()
     return rows, gr.update(choices=ids)
@@ -92,6 +107,7 @@ def build_tab():
             provider = gr.Dropdown(settings.PROVIDER_CHOICES, value="Automatic", label="Execution provider",
                                    elem_id="ort_turbo_export_provider")
             export = gr.Button("Export loaded checkpoint", variant="primary", elem_id="ort_turbo_export")
+            export_vae = gr.Button("Export VAE", elem_id="ort_turbo_export_vae")
         message = gr.Markdown(_status_markdown(), elem_id="ort_turbo_message")
         table = gr.Dataframe(value=rows, headers=COLUMNS, interactive=False, elem_id="ort_turbo_artefacts")
         with gr.Row():
@@ -104,6 +120,7 @@ def build_tab():
                 drop_toolchain = gr.Button("Delete Olive toolchain", elem_id="ort_turbo_delete_toolchain")
                 drop_all = gr.Button("Delete all exports", variant="stop", elem_id="ort_turbo_delete_all")
         export.click(export_clicked, inputs=[provider], outputs=[message, table, choice])
+        export_vae.click(export_vae_clicked, inputs=[provider], outputs=[message, table, choice])
         drop_toolchain.click(delete_toolchain_clicked, outputs=[message, usage_text])
         drop_all.click(delete_all_clicked, outputs=[message, usage_text, table, choice])
         delete.click(delete_clicked, inputs=[choice], outputs=[message, table, choice])
