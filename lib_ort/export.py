@@ -81,6 +81,28 @@ def on_cpu_in_fp32(model: nn.Module):
             model.to(device=device, dtype=dtype)
 
 
+@contextlib.contextmanager
+def staged_folder(out_dir: Path, what: str):
+    """A hidden work folder beside ``out_dir``, renamed to it when the block completes.
+
+    On any error the work folder is removed and the error raised as ``ExportError`` naming ``what``:
+    an interrupted export leaves nothing that looks finished.
+    """
+    if out_dir.exists():
+        raise ExportError(f"{out_dir} already exists; delete it or choose another folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
+    try:
+        yield work
+        os.replace(work, out_dir)
+    except ExportError:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    except Exception as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        raise ExportError(f"exporting {what} failed: {type(exc).__name__}: {exc}") from exc
+
+
 def _trace_inputs(description: UnetDescription) -> tuple[torch.Tensor, ...]:
     """Small inputs with B=2 and H != W so no dynamic dimension is specialised while tracing."""
     io = description.io
@@ -148,8 +170,6 @@ def export_unet(model: nn.Module, out_dir: str | os.PathLike, *, opset: int = DE
     (it pins protobuf 3.20.0), and then the optimization child does it before running Olive.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise ExportError(f"{out_dir} already exists; delete it or choose another folder")
     report = progress or (lambda fraction, message: None)
     description = describe_unet(model)
     takes_y = description.io.adm_dim is not None
@@ -163,10 +183,8 @@ def export_unet(model: nn.Module, out_dir: str | os.PathLike, *, opset: int = DE
     if takes_y:
         dynamic_axes["y"] = {0: "B"}
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir.parent))
     start = time.perf_counter()
-    try:
+    with staged_folder(out_dir, f"the {description.label} UNet") as work:
         report(0.05, f"tracing the {description.label} UNet ({description.parameters / 1e6:.0f} M parameters)")
         with on_cpu_in_fp32(model), sdpa_attention(model), _without_onnx_package(), torch.no_grad():
             wrapper = _OnnxSignature(model, takes_y).eval()
@@ -191,13 +209,6 @@ def export_unet(model: nn.Module, out_dir: str | os.PathLike, *, opset: int = DE
             "parameters": description.parameters, "export_s": round(elapsed, 2),
             "weights_consolidated": consolidated,
         }, indent=2))
-        os.replace(work, out_dir)
-    except ExportError:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    except Exception as exc:
-        shutil.rmtree(work, ignore_errors=True)
-        raise ExportError(f"exporting the {description.label} UNet failed: {type(exc).__name__}: {exc}") from exc
     report(1.0, "export done")
     return ExportResult(out_dir, description, opset, elapsed, tuple(names))
 

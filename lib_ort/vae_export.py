@@ -19,8 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -29,7 +27,8 @@ import torch
 from torch import nn
 
 from .errors import ExportError
-from .export import DEFAULT_OPSET, MODEL_FILE, WEIGHTS_FILE, _onnx_available, _without_onnx_package, on_cpu_in_fp32
+from .export import (DEFAULT_OPSET, MODEL_FILE, WEIGHTS_FILE, _onnx_available, _without_onnx_package,
+                     on_cpu_in_fp32, staged_folder)
 from .graph import consolidate_external_data
 
 PARTS = ("decoder", "encoder")
@@ -131,8 +130,6 @@ def export_vae(vae: nn.Module, out_dir: str | os.PathLike, *, parts=PARTS, opset
     fp32 for the trace and put back afterwards. ``progress`` is an optional ``callable(fraction, message)``.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise ExportError(f"{out_dir} already exists; delete it or choose another folder")
     unknown = set(parts) - set(PARTS)
     if unknown or not parts:
         raise ValueError(f"VAE parts must be some of {PARTS}, got {tuple(parts)}")
@@ -142,11 +139,9 @@ def export_vae(vae: nn.Module, out_dir: str | os.PathLike, *, parts=PARTS, opset
     except ValueError as exc:
         raise ExportError(str(exc)) from exc
     consolidate = _onnx_available() if consolidate is None else consolidate
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".export-vae-", dir=out_dir.parent))
     graphs = {"decoder": DecoderGraph, "encoder": EncoderGraph}
     start = time.perf_counter()
-    try:
+    with staged_folder(out_dir, "the VAE") as work:
         infos = {}
         with on_cpu_in_fp32(vae), _without_onnx_package(), torch.no_grad():
             for i, part in enumerate(parts):
@@ -156,13 +151,6 @@ def export_vae(vae: nn.Module, out_dir: str | os.PathLike, *, parts=PARTS, opset
                    "export_s": round(time.perf_counter() - start, 2), "io": {p: infos[p]["input_names"] + [
                        infos[p]["output_name"]] for p in parts}}
         (work / INFO_FILE).write_text(json.dumps(summary, indent=2))
-        os.replace(work, out_dir)
-    except ExportError:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    except Exception as exc:
-        shutil.rmtree(work, ignore_errors=True)
-        raise ExportError(f"exporting the VAE failed: {type(exc).__name__}: {exc}") from exc
     report(1.0, "VAE export done")
     return summary
 

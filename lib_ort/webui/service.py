@@ -16,7 +16,7 @@ from modules import shared
 from ..errors import OrtTurboError
 from ..install_layout import Layout, default_artefacts_root
 from ..optimize import Toolchain
-from ..pipeline import export_folder, prepare
+from ..pipeline import prepare
 from ..registry import Registry
 from . import settings
 

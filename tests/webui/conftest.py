@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "webui_stub"))
 sys.path.insert(0, str(REPO))
 
-from modules import devices, script_callbacks, sd_unet, shared  # noqa: E402
+from modules import devices, sd_unet, shared  # noqa: E402
 from modules.sd_models import CheckpointInfo  # noqa: E402
 
 from lib_ort.architectures import build_unet  # noqa: E402

@@ -128,7 +128,7 @@ def test_ort_turbo_matches_the_pytorch_unet_and_says_so(fresh_webui, exported, e
 
 def assert_pytorch_fallback(extension, reason, **kwargs):
     ort = images_with(extension, LABEL, **kwargs)
-    assert f"ORT Turbo: PyTorch fallback: " in ort.infotexts[0], ort.infotexts[0]
+    assert "ORT Turbo: PyTorch fallback: " in ort.infotexts[0], ort.infotexts[0]
     assert reason in ort.infotexts[0], ort.infotexts[0]
     ref = images_with(extension, "None", **kwargs)
     assert torch.equal(ort.images[0], ref.images[0])  # the PyTorch UNet really ran

@@ -6,7 +6,7 @@ from conftest import StubSdModel
 from modules import script_callbacks, sd_unet, shared
 
 from lib_ort.webui import settings
-from lib_ort.webui.unet import LABEL, OrtTurboOption, OrtTurboUnet
+from lib_ort.webui.unet import LABEL, OrtTurboOption
 
 
 def test_extension_registers_its_unet_settings_tab_and_routes(extension):

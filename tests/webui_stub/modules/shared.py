@@ -2,7 +2,7 @@
 
 import types
 
-from modules.options import OptionInfo, Options, options_section  # noqa: F401
+from modules.options import OptionInfo, Options, options_section  # noqa: F401 (the WebUI re-exports them)
 
 options_templates = {
     "sd_unet": OptionInfo("Automatic", "SD Unet", section=("sd", "Stable Diffusion")),
