@@ -23,7 +23,7 @@ def test_unet_matrix_writes_json_table_and_chart(shared_registry, tmp_path, caps
     for r in rows:
         # both are rounded to 0.01 ms from the same median
         assert r["per_image_ms"] == pytest.approx(r["steps"] * r["call_ms"] / r["batch"], abs=0.006 * r["steps"] + 0.006)
-        assert r["images_per_s"] == pytest.approx(1000 / r["per_image_ms"], rel=1e-3)
+        assert r["images_per_s"] == pytest.approx(1000 / r["per_image_ms"], rel=5e-3)
         lo, hi = r["spread_images_per_s"]
         assert lo <= r["images_per_s"] <= hi
         assert r["rel_err"] <= 1e-4
