@@ -7,6 +7,8 @@ missing from ``/sdapi/v1/options``.
 
 from __future__ import annotations
 
+import functools
+
 SECTION = ("ort_turbo", "ORT Turbo", "sd")
 
 PROVIDER = "ort_turbo_provider"
@@ -23,8 +25,19 @@ PROVIDER_CHOICES = ["Automatic", *PROVIDERS]
 AUTOMATIC_ORDER = ("cuda", "dml", "cpu")
 
 
+@functools.lru_cache(maxsize=1)
+def _status_of_this_install() -> tuple:
+    """The installed ONNX Runtime's providers do not change while the WebUI runs: read them once,
+    not on every UNet call (the SD Unet checks the provider at each call)."""
+    return tuple(_read_provider_status().items())
+
+
 def provider_status() -> dict[str, str | None]:
     """For each provider label: None if this install can run it, else why not."""
+    return dict(_status_of_this_install())
+
+
+def _read_provider_status() -> dict[str, str | None]:
     from ..sessions import PROVIDER_NAMES
 
     try:
