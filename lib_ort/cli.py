@@ -94,6 +94,16 @@ def cmd_delete(args) -> dict:
 def cmd_bench(args) -> dict:
     from .bench import run_bench, run_matrix
 
+    if args.matrix and args.profile:
+        raise ValueError("--matrix and --profile are separate runs; pick one")
+    if args.profile:
+        from .profile import run_profile
+
+        result = run_profile(args.arch, args.ep, batch=args.batch, height=args.height, width=args.width, seq=args.seq,
+                             runs=args.runs, warmup=args.warmup, root=args.root, seed=args.seed,
+                             toolchain=_toolchain(args), out_dir=args.out, progress=_console_progress)
+        print(Path(result["files"][1]).read_text(), file=sys.stderr)
+        return result
     if args.matrix:
         result = run_matrix(args.arch, args.ep, batches=args.batches, steps=args.steps, height=args.height or 512,
                             width=args.width or 512, seq=args.seq, runs=args.runs, warmup=args.warmup, root=args.root,
@@ -170,7 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     p.add_argument("--steps", type=int, nargs="+", default=[1, 4])
     p.add_argument("--compile", action="store_true", help="with --matrix: also time torch.compile")
-    p.add_argument("--out", type=Path, default=Path("bench-out"), help="with --matrix: folder for the report")
+    p.add_argument("--profile", action="store_true",
+                   help="where one call's time goes: per-category time and GFLOP/s for eager, unfused and recipe, "
+                        "against this machine's sgemm rate (JSON + markdown in --out)")
+    p.add_argument("--out", type=Path, default=Path("bench-out"), help="with --matrix/--profile: report folder")
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("webui-bench", help="time txt2img on a running WebUI (--api): stock, CFG-free, ORT Turbo")
     p.add_argument("--url", default="http://127.0.0.1:7860")
