@@ -6,10 +6,14 @@ import pytest
 import torch
 
 from conftest import StubSdModel, script_runner
+from modules.sd_models import CheckpointInfo
 from modules import devices, sd_unet, sd_vae, sd_vae_taesd, shared
 from modules.processing import StableDiffusionProcessing, run_job
 
+from lib_ort.recipes import get_vae_recipe
+from lib_ort.vae import forget_fp16_overflows
 from lib_ort.vae_architectures import build_vae
+from lib_ort.vae_pipeline import prepare_vae
 from lib_ort.webui import settings
 from lib_ort.webui import vae as ort_vae
 from lib_ort.webui.unet import LABEL
@@ -187,3 +191,73 @@ def test_the_vae_artefact_is_keyed_by_checkpoint_and_vae(vae_exported, vae_model
     assert vae_exported["vae"]["hash"] == vae_model.sd_checkpoint_info.sha256  # the built-in VAE
     assert vae_exported["vae"]["name"].startswith("built-in VAE of")
     assert next(vae_model.first_stage_model.parameters()).dtype == devices.dtype_vae  # put back after the trace
+
+
+# -- the NaN guard inside a job ---------------------------------------------------------------------
+
+
+class OverflowSdModel(VaeSdModel):
+    """Another checkpoint whose built-in VAE overflows in fp16 (as the stock SDXL VAE does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.sd_checkpoint_info = CheckpointInfo("models/Stable-diffusion/turbo/overflow-vae.safetensors", "8" * 64)
+        vae = build_vae("tiny-ldm", seed=5)
+        with torch.no_grad():  # finite in fp32, beyond fp16's 65504 in the last layer
+            vae.decoder.conv_out.weight *= 1e6
+            vae.decoder.conv_out.bias *= 1e6
+        self.first_stage_model = vae.to(devices.dtype_vae)
+
+
+#: an fp16 VAE graph the CPU provider runs (its output is fp16, so it overflows exactly as on CUDA)
+CPU_FP16 = dict(get_vae_recipe("cpu", "fp32"), precision="fp16", passes={"fp16": {
+    "type": "OnnxFloatToFloat16", "keep_io_types": False, "save_as_external_data": True,
+    "all_tensors_to_one_file": True, "external_data_name": "weights.pb"}})
+
+
+@pytest.fixture(scope="module")
+def overflow_model(extension):
+    from lib_ort.webui import service
+
+    model = OverflowSdModel()
+    checkpoint = service.checkpoint_record(model.sd_checkpoint_info)
+    record = ort_vae.vae_record(model)
+    for precision, recipe in (("fp16", CPU_FP16), ("fp32", None)):
+        prepare_vae(model.first_stage_model, service.registry(), checkpoint, record, "cpu", precision,
+                    toolchain=service.toolchain(), recipe=recipe)
+    model.first_stage_model.to(devices.dtype_vae)
+    service.artefacts_changed()
+    return model
+
+
+def test_an_fp16_vae_that_overflows_is_decoded_again_in_fp32_and_remembered(fresh_webui, extension, overflow_model,
+                                                                               monkeypatch, capsys):
+    shared.sd_model = overflow_model
+    shared.opts.data["sd_unet"] = LABEL
+    monkeypatch.setattr(ort_vae, "wanted_precision", lambda ep: "fp16")  # what CUDA with "fp16 VAE" asks for
+    latents = []
+    decode_first_stage = overflow_model.decode_first_stage
+    monkeypatch.setattr(overflow_model, "decode_first_stage", lambda z: latents.append(z) or decode_first_stage(z))
+    forget_fp16_overflows()
+    try:
+        _, first = run(extension, batch_size=2, steps=1, cfg_scale=1.0, seed=5)
+        console = capsys.readouterr().err
+        _, second = run(extension, steps=1, cfg_scale=1.0, seed=6)
+        console_again = capsys.readouterr().err
+    finally:
+        forget_fp16_overflows()
+        overflow_model.first_stage_model.to(torch.float16)
+
+    # never a black or NaN image, and the WebUI's own NaN revert (VAE to fp32 for good) was not needed
+    assert all(torch.isfinite(img).all() and float(img.std()) > 0 for img in first.images + second.images)
+    assert devices.dtype_vae == torch.float16
+    with torch.no_grad():  # the fp32 ORT decode is the fp32 PyTorch decode
+        vae = overflow_model.first_stage_model.float()
+        reference = [vae.decode(z.float() / overflow_model.scale_factor)[0] for z in latents[:2]]
+    diff = (pixels(first.images) - pixels(reference)).abs().max()
+    assert float(diff) <= 1
+    # said once in the console, and in both infotexts
+    assert console.count("gave NaN/inf") == 1 and "gave NaN/inf" not in console_again
+    assert "decoded again in fp32" in first.infotexts[0]
+    assert "overflows in fp16 (seen earlier this session)" in second.infotexts[0]
+    assert no_patch_left(overflow_model)
