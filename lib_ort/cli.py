@@ -118,6 +118,14 @@ def cmd_bench(args) -> dict:
                      toolchain=_toolchain(args), progress=_console_progress)
 
 
+def cmd_bench_vae(args) -> dict:
+    from .vae_bench import run_vae_bench
+
+    return run_vae_bench(args.vae, args.ep, batch=args.batch, height=args.height, width=args.width, runs=args.runs,
+                         warmup=args.warmup, root=args.root, seed=args.seed, toolchain=_toolchain(args),
+                         progress=_console_progress)
+
+
 def cmd_webui_bench(args) -> dict:
     from .webui_bench import run_webui_bench
 
@@ -130,6 +138,7 @@ def cmd_webui_bench(args) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     from .architectures import ARCHITECTURES
+    from .vae_architectures import VAES
 
     parser = argparse.ArgumentParser(prog="python -m lib_ort", description=__doc__)
     parser.add_argument("--root", type=Path, default=None,
@@ -185,6 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "against this machine's sgemm rate (JSON + markdown in --out)")
     p.add_argument("--out", type=Path, default=Path("bench-out"), help="with --matrix/--profile: report folder")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("bench-vae", help="time one VAE decode: PyTorch eager, raw ONNX export, provider recipe")
+    p.add_argument("--vae", choices=list(VAES), default="sd-ldm", help="built-in VAE, random weights")
+    p.add_argument("--ep", choices=["cpu"], default="cpu")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--height", type=int, default=512, help="image height in px")
+    p.add_argument("--width", type=int, default=512)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--python", help="interpreter of the Olive toolchain (default: this one)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_bench_vae)
     p = sub.add_parser("webui-bench", help="time txt2img on a running WebUI (--api): stock, CFG-free, ORT Turbo")
     p.add_argument("--url", default="http://127.0.0.1:7860")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 4])

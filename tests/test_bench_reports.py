@@ -89,3 +89,23 @@ def test_webui_bench_says_when_no_webui_is_there(tmp_path, capsys):
                  "--steps", "1", "--out", str(tmp_path)]) == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert all("cannot reach the WebUI" in r["error"] for r in rows)
+
+
+def test_vae_bench_times_torch_raw_export_and_recipe_on_the_same_latents(shared_registry, capsys):
+    assert main(["--root", str(shared_registry.root), "bench-vae", "--vae", "tiny-ldm", "--height", "48", "--width",
+                 "64", "--batch", "2", "--runs", "3"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    decode = result["decode"]
+    assert list(decode) == ["PyTorch eager", "ORT raw export", "ORT cpu recipe"]
+    for name, c in decode.items():
+        lo, hi = c["spread_ms"]
+        assert 0 < lo <= c["median_ms"] <= hi
+        assert c["speedup"] == pytest.approx(decode["PyTorch eager"]["median_ms"] / c["median_ms"], rel=0.02)
+        assert c["max_pixel_diff"] <= 1  # fp32 everywhere: at most one rounding step of 255
+    listed = {row[0]: row[2] for row in shared_registry.list()}  # (id, folder, manifest, why invalid)
+    assert listed[result["artefact"]]["kind"] == "vae"  # the recipe's artefact is kept
+
+
+def test_vae_bench_refuses_sizes_the_vae_cannot_decode(shared_registry, capsys):
+    assert main(["--root", str(shared_registry.root), "bench-vae", "--vae", "tiny-ldm", "--height", "50"]) == 1
+    assert "multiples of 8" in capsys.readouterr().err

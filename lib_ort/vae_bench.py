@@ -1,0 +1,77 @@
+"""Time one VAE decode at a WebUI size: PyTorch eager, the raw fp32 ONNX export and the provider's VAE
+recipe on ONNX Runtime, on the same latents and weights, with the image difference in 0-255 pixels.
+
+At 1-4 steps the decode is a large part of a generation on CPU, so this is the VAE half of the
+end-to-end target. Each timing is the median of ``runs`` decodes after ``warmup``; the spread is
+min..max. The raw export is timed too because a recipe must earn its place against it.
+"""
+
+from __future__ import annotations
+
+import gc
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .bench import _peak_rss_mb, time_calls
+from .describe import state_dict_digest
+from .export import MODEL_FILE
+from .optimize import Toolchain
+from .registry import Registry
+from .vae_architectures import build_vae
+
+
+def to_pixels(image: torch.Tensor) -> torch.Tensor:
+    """What the WebUI saves: [-1, 1] -> 0..255 integers."""
+    return ((image.float().clamp(-1, 1) + 1) * 127.5).round()
+
+
+def _timing(t: dict) -> dict:
+    return {"median_ms": round(t["median_ms"], 1), "spread_ms": [round(t["min_ms"], 1), round(t["max_ms"], 1)]}
+
+
+def run_vae_bench(vae_name: str = "sd-ldm", ep: str = "cpu", *, batch: int = 1, height: int = 512, width: int = 512,
+                  runs: int = 3, warmup: int = 1, root=None, seed: int = 0, toolchain: Toolchain = Toolchain(),
+                  progress=None) -> dict:
+    from .sessions import create_session, plan_session
+    from .vae import OrtVae
+    from .vae_export import export_vae
+    from .vae_pipeline import prepare_vae
+
+    report = progress or (lambda fraction, message: None)
+    if height % 8 or width % 8:
+        raise ValueError(f"height and width must be multiples of 8, got {height}x{width}")
+    model = build_vae(vae_name, seed=seed)
+    digest = state_dict_digest(model)
+    name = f"{vae_name} (random weights, seed {seed})"
+    artefact = prepare_vae(model, Registry(root), {"hash": digest, "name": name}, {"hash": digest, "name": name},
+                           ep, "fp32", toolchain=toolchain, progress=progress)
+    z = torch.randn(batch, 4, height // 8, width // 8, generator=torch.Generator().manual_seed(seed))
+    report(0.3, "PyTorch decode")
+    with torch.no_grad():
+        reference = model.decode(z)
+        torch_t = time_calls(lambda: model.decode(z), runs, warmup)
+    configs = {"PyTorch eager": {**_timing(torch_t), "max_pixel_diff": 0.0}}
+
+    with tempfile.TemporaryDirectory(prefix="ort-turbo-vae-bench-") as tmp:
+        report(0.5, "raw export on ORT")
+        export_vae(model, Path(tmp) / "export", parts=("decoder",))
+        session = create_session(Path(tmp) / "export" / "decoder" / MODEL_FILE, plan_session("cpu"))
+        feed = {session.get_inputs()[0].name: z.numpy()}
+        raw = torch.from_numpy(session.run(None, feed)[0])
+        configs["ORT raw export"] = {**_timing(time_calls(lambda: session.run(None, feed), runs, warmup)),
+                                     "max_pixel_diff": float((to_pixels(raw) - to_pixels(reference)).abs().max())}
+        del session
+        gc.collect()
+    report(0.8, f"ORT {ep} VAE recipe")
+    vae = OrtVae(artefact)
+    out = vae.decode(z)
+    configs[f"ORT {ep} recipe"] = {**_timing(time_calls(lambda: vae.decode(z), runs, warmup)),
+                                   "max_pixel_diff": float((to_pixels(out) - to_pixels(reference)).abs().max())}
+    base = configs["PyTorch eager"]["median_ms"]
+    for c in configs.values():
+        c["speedup"] = round(base / c["median_ms"], 2)
+    return {"vae": vae_name, "ep": ep, "batch": batch, "height": height, "width": width, "runs": runs,
+            "warmup": warmup, "threads": torch.get_num_threads(), "artefact": artefact.id, "decode": configs,
+            "peak_rss_mb": round(_peak_rss_mb(), 1)}
