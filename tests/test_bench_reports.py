@@ -102,7 +102,7 @@ def test_vae_bench_times_torch_raw_export_and_recipe_on_the_same_latents(shared_
         assert 0 < lo <= c["median_ms"] <= hi
         assert c["speedup"] == pytest.approx(decode["PyTorch eager"]["median_ms"] / c["median_ms"], rel=0.02)
         assert c["max_pixel_diff"] <= 1  # fp32 everywhere: at most one rounding step of 255
-    listed = {row[0]: row[2] for row in shared_registry.list()}  # (id, folder, manifest, why invalid)
+    listed = {row.id: row.manifest for row in shared_registry.list()}
     assert listed[result["artefact"]]["kind"] == "vae"  # the recipe's artefact is kept
 
 
