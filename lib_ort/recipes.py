@@ -184,6 +184,14 @@ def vae_precision(ep: str, want_fp16: bool) -> str:
     return "fp16" if want_fp16 and (ep, "fp16") in VAE_RECIPES else "fp32"
 
 
+def cpu_fp16_vae_recipe() -> dict:
+    """An fp16 VAE graph the CPU provider runs (ORT casts around the ops it has no fp16 kernel for). Its
+    output is fp16, so a VAE that overflows in fp16 gives inf/NaN here exactly as on CUDA: the NaN guard
+    can be checked on a machine without a GPU. Slow; not offered to users."""
+    return dict(get_vae_recipe("cpu", "fp32"), precision="fp16",
+                passes={"fp16": {"type": "OnnxFloatToFloat16", "keep_io_types": False, **_EXTERNAL_DATA}})
+
+
 def get_vae_recipe(ep: str, precision: str) -> dict:
     try:
         return copy.deepcopy(VAE_RECIPES[(ep, precision)])

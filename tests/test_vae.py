@@ -10,7 +10,7 @@ from torch import nn
 from lib_ort.errors import ArtefactError, ExportError, UnsupportedInput
 from lib_ort.export import MODEL_FILE
 from lib_ort.graph import initializer_types, io_types, op_counts
-from lib_ort.recipes import RECIPES, VAE_RECIPES, get_vae_recipe, vae_precision
+from lib_ort.recipes import RECIPES, VAE_RECIPES, cpu_fp16_vae_recipe, get_vae_recipe, vae_precision
 from lib_ort.registry import Registry
 from lib_ort.vae import GuardedDecoder, OrtVae, forget_fp16_overflows, fp16_overflowed
 from lib_ort.vae_architectures import build_vae
@@ -219,18 +219,13 @@ def _overflowing_vae():
     return model
 
 
-#: the CPU provider runs fp16 graphs too (ORT casts around the ops it has no fp16 kernel for); the
-#: output is fp16, so an overflow shows exactly as it does on CUDA
-CPU_FP16 = dict(get_vae_recipe("cpu", "fp32"), precision="fp16", passes={"fp16": {
-    "type": "OnnxFloatToFloat16", "keep_io_types": False, "save_as_external_data": True,
-    "all_tensors_to_one_file": True, "external_data_name": "weights.pb"}})
 
 
 @pytest.fixture(scope="module")
 def overflow(registry):
     model = _overflowing_vae()
     record = {"hash": "9" * 64, "name": "overflowing-vae"}
-    fp16 = prepare_vae(model, registry, CKPT, record, "cpu", "fp16", recipe=CPU_FP16)
+    fp16 = prepare_vae(model, registry, CKPT, record, "cpu", "fp16", recipe=cpu_fp16_vae_recipe())
     fp32 = prepare_vae(model, registry, CKPT, record, "cpu", "fp32")
     return model, OrtVae(fp16), OrtVae(fp32)
 

@@ -10,7 +10,7 @@ from modules.sd_models import CheckpointInfo
 from modules import devices, sd_unet, sd_vae, sd_vae_taesd, shared
 from modules.processing import StableDiffusionProcessing, run_job
 
-from lib_ort.recipes import get_vae_recipe
+from lib_ort.recipes import cpu_fp16_vae_recipe
 from lib_ort.vae import forget_fp16_overflows
 from lib_ort.vae_architectures import build_vae
 from lib_ort.vae_pipeline import prepare_vae
@@ -209,10 +209,6 @@ class OverflowSdModel(VaeSdModel):
         self.first_stage_model = vae.to(devices.dtype_vae)
 
 
-#: an fp16 VAE graph the CPU provider runs (its output is fp16, so it overflows exactly as on CUDA)
-CPU_FP16 = dict(get_vae_recipe("cpu", "fp32"), precision="fp16", passes={"fp16": {
-    "type": "OnnxFloatToFloat16", "keep_io_types": False, "save_as_external_data": True,
-    "all_tensors_to_one_file": True, "external_data_name": "weights.pb"}})
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +218,7 @@ def overflow_model(extension):
     model = OverflowSdModel()
     checkpoint = service.checkpoint_record(model.sd_checkpoint_info)
     record = ort_vae.vae_record(model)
-    for precision, recipe in (("fp16", CPU_FP16), ("fp32", None)):
+    for precision, recipe in (("fp16", cpu_fp16_vae_recipe()), ("fp32", None)):
         prepare_vae(model.first_stage_model, service.registry(), checkpoint, record, "cpu", precision,
                     toolchain=service.toolchain(), recipe=recipe)
     model.first_stage_model.to(devices.dtype_vae)
