@@ -80,7 +80,10 @@ def node_flops(op_type: str, inputs: list[list[int]], outputs: list[list[int]]) 
         weight = inputs[1]  # [Cout, Cin/groups, kh, kw]: each output element is prod(weight[1:]) MACs
         return 2.0 * math.prod(out) * math.prod(weight[1:])
     if op_type in ("MatMul", "FusedMatMul", "Gemm"):
-        return 2.0 * math.prod(out) * inputs[0][-1]
+        a = inputs[0]
+        # FusedMatMul/Gemm may transpose A (the attribute is not in the profile): K is A's dim that is not M
+        k = a[-2] if len(a) >= 2 and len(out) >= 2 and a[-2] != out[-2] and a[-1] == out[-2] else a[-1]
+        return 2.0 * math.prod(out) * k
     if op_type == "MultiHeadAttention":
         q = inputs[0]
         kv = inputs[1] if len(inputs) > 1 and inputs[1] else q

@@ -7,6 +7,11 @@ Three configurations, all at CFG scale 1 with Euler a + SGM Uniform:
 * ``WebUI + CFG-free``: SD Unet "None", CFG-free on (B rows);
 * ``ORT Turbo``: SD Unet "ORT Turbo", CFG-free on. A request whose infotext says the PyTorch UNet
   ran instead is reported as such, not counted as ORT Turbo.
+
+The SD Unet is chosen per request through ``override_settings``. The WebUI (v1.10.1) puts an overridden
+setting back afterwards only if the user had set it before (``processing.py``), so on a fresh config the
+first override would stick. The user's SD Unet is therefore read first, written back as it is (so every
+override is undone by the WebUI itself, even if this command is stopped), and written again at the end.
 """
 
 from __future__ import annotations
@@ -38,9 +43,11 @@ def payload(sd_unet: str, cfg_free: bool, batch: int, steps: int, width: int, he
     }
 
 
-def post(url: str, body: dict, timeout: float) -> dict:
-    request = urllib.request.Request(url.rstrip("/") + "/sdapi/v1/txt2img", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+def call(url: str, path: str, body: dict | None, timeout: float):
+    """GET (``body`` None) or POST JSON to the WebUI's API; a readable RuntimeError on failure."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url.rstrip("/") + path, data=data, headers={"Content-Type": "application/json"},
+                                     method="GET" if body is None else "POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
@@ -48,6 +55,10 @@ def post(url: str, body: dict, timeout: float) -> dict:
         raise RuntimeError(f"the WebUI answered {exc.code}: {exc.read()[:300]!r}") from exc
     except urllib.error.URLError as exc:
         raise RuntimeError(f"cannot reach the WebUI at {url} ({exc.reason}); start it with --api") from exc
+
+
+def post(url: str, body: dict, timeout: float) -> dict:
+    return call(url, "/sdapi/v1/txt2img", body, timeout)
 
 
 def _infotext(response: dict) -> str:
@@ -64,6 +75,28 @@ def run_webui_bench(url: str, *, batches=(1, 4), steps=(1, 4), width: int = 512,
     from .report import write_report
 
     report = progress or (lambda fraction, message: None)
+    try:
+        users_sd_unet = call(url, "/sdapi/v1/options", None, 60).get("sd_unet")
+    except RuntimeError:
+        users_sd_unet = None  # no WebUI there: every row says so below
+    if users_sd_unet is not None:
+        call(url, "/sdapi/v1/options", {"sd_unet": users_sd_unet}, 300)
+    try:
+        rows = _time_grid(url, batches, steps, width, height, seed, runs, warmup, timeout, report)
+    finally:
+        if users_sd_unet is not None:
+            call(url, "/sdapi/v1/options", {"sd_unet": users_sd_unet}, 300)
+    meta = {"url": url, "width": width, "height": height, "seed": seed, "runs": runs, "warmup": warmup,
+            "users_sd_unet": users_sd_unet,
+            "method": "whole /sdapi/v1/txt2img requests (text encoders, UNet steps, VAE decode), CFG scale 1, "
+                      f"Euler a + SGM Uniform; median of {runs} after {warmup} warm-up"}
+    result = {"meta": meta, "rows": rows}
+    if out_dir is not None:
+        result["files"] = write_report(rows, out_dir, "webui-e2e", f"WebUI txt2img {width}x{height}: images/s", meta)
+    return result
+
+
+def _time_grid(url, batches, steps, width, height, seed, runs, warmup, timeout, report) -> list[dict]:
     rows = []
     total = len(CONFIGS) * len(batches) * len(steps)
     done = 0
@@ -93,10 +126,4 @@ def run_webui_bench(url: str, *, batches=(1, 4), steps=(1, 4), width: int = 512,
                     row["error"] = str(exc)
                 rows.append(row)
                 done += 1
-    meta = {"url": url, "width": width, "height": height, "seed": seed, "runs": runs, "warmup": warmup,
-            "method": "whole /sdapi/v1/txt2img requests (text encoders, UNet steps, VAE decode), CFG scale 1, "
-                      f"Euler a + SGM Uniform; median of {runs} after {warmup} warm-up"}
-    result = {"meta": meta, "rows": rows}
-    if out_dir is not None:
-        result["files"] = write_report(rows, out_dir, "webui-e2e", f"WebUI txt2img {width}x{height}: images/s", meta)
-    return result
+    return rows

@@ -43,21 +43,38 @@ def test_markdown_table_shows_gain_over_the_baseline():
 
 
 class FakeWebUI(BaseHTTPRequestHandler):
-    requests: list = []
+    """txt2img and options, with v1.10.1's rule: an overridden setting the user never set stays changed."""
 
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        FakeWebUI.requests.append(body)
-        ours = body["override_settings"]["sd_unet"] == "ORT Turbo"
-        text = "Steps: 1, ORT Turbo: abc-cpu-fp32 (cpu)" if ours else "Steps: 1"
-        if ours and body["batch_size"] == 4:
-            text = "Steps: 1, ORT Turbo: PyTorch fallback: batch 8 is outside"
-        data = json.dumps({"images": [], "info": json.dumps({"infotexts": [text]})}).encode()
+    requests: list = []
+    options = {"sd_unet": "Automatic"}  # what GET /sdapi/v1/options answers: defaults included
+    user_set: set = set()  # the keys in the user's config.json
+
+    def _answer(self, payload):
+        data = json.dumps(payload).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+    def do_GET(self):
+        self._answer(dict(FakeWebUI.options))
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeWebUI.requests.append((self.path, body))
+        if self.path == "/sdapi/v1/options":
+            FakeWebUI.options.update(body)
+            FakeWebUI.user_set.update(body)
+            return self._answer(None)
+        for key, value in body["override_settings"].items():
+            if key not in FakeWebUI.user_set:
+                FakeWebUI.options[key] = value
+        ours = body["override_settings"]["sd_unet"] == "ORT Turbo"
+        text = "Steps: 1, ORT Turbo: abc-cpu-fp32 (cpu)" if ours else "Steps: 1"
+        if ours and body["batch_size"] == 4:
+            text = "Steps: 1, ORT Turbo: PyTorch fallback: batch 8 is outside"
+        self._answer({"images": [], "info": json.dumps({"infotexts": [text]})})
 
     def log_message(self, *args):
         pass
@@ -73,8 +90,12 @@ def test_webui_bench_sends_the_blog_settings_and_reports_fallbacks(tmp_path, cap
     finally:
         server.shutdown()
     result = json.loads(capsys.readouterr().out)
-    assert len(result["rows"]) == 12 and len(FakeWebUI.requests) == 12 * 3
-    first = FakeWebUI.requests[0]
+    paths = [path for path, _ in FakeWebUI.requests]
+    assert len(result["rows"]) == 12 and paths.count("/sdapi/v1/txt2img") == 12 * 3
+    # the user's SD Unet is written back before the first override (so the WebUI undoes each one) and after
+    assert paths[0] == paths[-1] == "/sdapi/v1/options" and FakeWebUI.requests[0][1] == {"sd_unet": "Automatic"}
+    assert FakeWebUI.options["sd_unet"] == "Automatic" and result["meta"]["users_sd_unet"] == "Automatic"
+    first = FakeWebUI.requests[1][1]
     assert (first["cfg_scale"], first["sampler_name"], first["scheduler"], first["width"]) == (1.0, "Euler a",
                                                                                             "SGM Uniform", 512)
     assert first["alwayson_scripts"] == {"ort turbo": {"args": [False]}}

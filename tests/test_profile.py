@@ -20,6 +20,8 @@ def test_node_flops_from_profiler_shapes():
     assert node_flops("Conv", [[1, 8, 4, 4], [8, 1, 3, 3]], [[1, 8, 4, 4]]) == 2 * 8 * 16 * 9
     # the weight is a constant, so the profiler lists only the activation
     assert node_flops("MatMul", [[2, 256, 320]], [[2, 256, 1280]]) == 2 * 2 * 256 * 1280 * 320
+    # a transposed A ([K, M], as FusedMatMul transA=1 takes it): K = 512, not 4096
+    assert node_flops("FusedMatMul", [[1, 512, 4096], [1, 512, 4096]], [[1, 4096, 4096]]) == 2 * 4096 * 4096 * 512
     # cross-attention: 256 queries over 77 keys, hidden 320
     assert node_flops("MultiHeadAttention", [[1, 256, 320], [1, 77, 320], [1, 77, 320]], [[1, 256, 320]]) == \
         4 * 256 * 77 * 320
