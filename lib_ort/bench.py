@@ -42,6 +42,24 @@ def time_calls(fn, runs: int, warmup: int) -> dict:
             "samples_ms": [round(s, 2) for s in samples]}
 
 
+def time_interleaved(fns: dict, runs: int, warmup: int) -> dict:
+    """``time_calls`` for several configurations at once: round r runs every configuration once, in an
+    order rotated by r, so a machine that slows down or speeds up during the run (a shared VM does) moves
+    every configuration alike instead of favouring the one timed in the quiet minutes."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    names = list(fns)
+    samples = {name: [] for name in names}
+    for r in range(runs):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            fns[name]()
+            samples[name].append((time.perf_counter() - start) * 1000.0)
+    return {name: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v),
+                   "samples_ms": [round(x, 2) for x in v]} for name, v in samples.items()}
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """max |out - ref| / max |ref|."""
     return float((out.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-12))
@@ -144,58 +162,56 @@ def run_matrix(arch: str, ep: str = "cpu", *, batches=(1, 4), steps=(1, 4), heig
     def feed_for(batch):
         return example_inputs(model, batch, lh, lw, seq, seed=seed)
 
-    with torch.no_grad():
-        references = {}
-        for batch in batches:
-            inputs = feed_for(batch)
-            report(0.5, f"PyTorch eager, batch {batch}")
-            references[batch] = model(**inputs)
-            rows += _matrix_rows("PyTorch eager", batch, steps,
-                                 time_calls(lambda: model(**inputs), runs, warmup), {"rel_err": 0.0})
-        if with_compile:
-            try:
-                compiled = torch.compile(model)
-                for batch in batches:
-                    inputs = feed_for(batch)
-                    report(0.6, f"torch.compile, batch {batch} (compiling first)")
-                    start = time.perf_counter()
-                    out = compiled(**inputs)
-                    compile_s = time.perf_counter() - start
-                    rows += _matrix_rows("torch.compile", batch, steps,
-                                         time_calls(lambda: compiled(**inputs), runs, warmup),
-                                         {"rel_err": rel_err(out, references[batch]), "compile_s": round(compile_s, 1)})
-                del compiled
-            except Exception as exc:  # report why, keep the other columns
-                notes["torch.compile"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    compiled = None
+    if with_compile:
+        compiled = torch.compile(model)
+    session = None
     if prepared.export_folder is not None:
         session = create_session(prepared.export_folder / "model.onnx", plan_session("cpu"))
-        names = [i.name for i in session.get_inputs()]
-        for batch in batches:
-            inputs = feed_for(batch)
-            feed = dict(zip(names, [t.numpy() for t in inputs.values()]))
-            report(0.7, f"ORT unfused, batch {batch}")
-            out = torch.from_numpy(session.run(None, feed)[0])
-            rows += _matrix_rows("ORT unfused", batch, steps, time_calls(lambda: session.run(None, feed), runs, warmup),
-                                 {"rel_err": rel_err(out, references[batch])})
-        del session
-        gc.collect()
     ort_unet = OrtUnet(prepared.artefact)
     label = f"ORT {ep} recipe"
-    for batch in batches:
-        inputs = feed_for(batch)
-        args = (inputs["x"], inputs["timesteps"], inputs["context"])
-        kwargs = {"y": inputs["y"]} if "y" in inputs else {}
-        report(0.85, f"{label}, batch {batch}")
-        out = ort_unet(*args, **kwargs)
-        rows += _matrix_rows(label, batch, steps, time_calls(lambda: ort_unet(*args, **kwargs), runs, warmup),
-                             {"rel_err": rel_err(out, references[batch])})
-    del ort_unet
+    with torch.no_grad():
+        for batch in batches:
+            inputs = feed_for(batch)
+            report(0.3, f"batch {batch}: reference and first calls")
+            reference = model(**inputs)
+            fns = {"PyTorch eager": lambda inputs=inputs: model(**inputs)}
+            extras = {"PyTorch eager": {"rel_err": 0.0}}
+            if compiled is not None:
+                try:
+                    report(0.4, f"torch.compile, batch {batch} (compiling first)")
+                    start = time.perf_counter()
+                    out = compiled(**inputs)
+                    extras["torch.compile"] = {"rel_err": rel_err(out, reference),
+                                               "compile_s": round(time.perf_counter() - start, 1)}
+                    fns["torch.compile"] = lambda inputs=inputs: compiled(**inputs)
+                except Exception as exc:  # report why, keep the other columns
+                    notes["torch.compile"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                    compiled = None
+            if session is not None:
+                names = [i.name for i in session.get_inputs()]
+                feed = dict(zip(names, [t.numpy() for t in inputs.values()]))
+                out = torch.from_numpy(session.run(None, feed)[0])
+                fns["ORT unfused"] = lambda feed=feed: session.run(None, feed)
+                extras["ORT unfused"] = {"rel_err": rel_err(out, reference)}
+            args = (inputs["x"], inputs["timesteps"], inputs["context"])
+            kwargs = {"y": inputs["y"]} if "y" in inputs else {}
+            out = ort_unet(*args, **kwargs)
+            fns[label] = lambda args=args, kwargs=kwargs: ort_unet(*args, **kwargs)
+            extras[label] = {"rel_err": rel_err(out, reference)}
+            report(0.5, f"batch {batch}: {', '.join(fns)}, interleaved")
+            timings = time_interleaved(fns, runs, warmup)
+            for config in fns:
+                rows += _matrix_rows(config, batch, steps, timings[config], extras[config])
+    del ort_unet, session, compiled
+    gc.collect()
     meta = {"arch": arch, "ep": ep, "height": height, "width": width, "sequence": seq, "runs": runs,
             "warmup": warmup, "threads": torch.get_num_threads(), "artefact": prepared.artefact.id,
             "fused_ops": {k: v for k, v in prepared.artefact.manifest["fused_ops"].items() if k in FUSED_OPS},
             "peak_rss_mb": round(_peak_rss_mb(), 1), "notes": notes,
             "method": "UNet calls only, CFG-free (B rows per call); per-image time = steps x call time / batch; "
-                      f"median of {runs} calls after {warmup} warm-up, spread = min..max"}
+                      f"median of {runs} calls after {warmup} warm-up, spread = min..max; the configurations "
+                      "are timed interleaved, one call each per round in a rotating order"}
     result = {"meta": meta, "rows": rows}
     if out_dir is not None:
         title = f"{arch} UNet, {height}x{width}, {ep} ({torch.get_num_threads()} threads): images/s"

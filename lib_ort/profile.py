@@ -27,6 +27,8 @@ import torch
 
 #: categories, in report order
 CATEGORIES = ("convolution", "matmul", "attention", "normalization", "layout/copy", "elementwise/other")
+#: where the FLOPs are counted (torch also counts element-wise adds and multiplies; they are left out)
+MATRIX_CATEGORIES = CATEGORIES[:3]
 
 _ORT_CATEGORY = {
     **dict.fromkeys(("Conv", "FusedConv", "NhwcConv", "ConvTranspose"), "convolution"),
@@ -109,11 +111,11 @@ class Breakdown:
     top_ops: list  # [(name, ms)], slowest first
 
     def to_dict(self) -> dict:
-        rates = {c: round(self.flops[c] / self.ms[c] / 1e6, 1) for c in CATEGORIES
+        rates = {c: round(self.flops[c] / self.ms[c] / 1e6, 1) for c in MATRIX_CATEGORIES
                  if self.flops.get(c) and self.ms.get(c)}
         return {"config": self.config, "total_ms": round(self.total_ms, 1),
                 "ms": {c: round(self.ms.get(c, 0.0), 1) for c in CATEGORIES},
-                "gflop": {c: round(self.flops[c] / 1e9, 4) for c in CATEGORIES if self.flops.get(c)},
+                "gflop": {c: round(self.flops[c] / 1e9, 4) for c in MATRIX_CATEGORIES if self.flops.get(c)},
                 "gflops": rates, "top_ops": [[n, round(ms, 1)] for n, ms in self.top_ops]}
 
 

@@ -33,7 +33,9 @@ def _timing(t: dict) -> dict:
 
 def run_vae_bench(vae_name: str = "sd-ldm", ep: str = "cpu", *, batch: int = 1, height: int = 512, width: int = 512,
                   runs: int = 3, warmup: int = 1, root=None, seed: int = 0, toolchain: Toolchain = Toolchain(),
-                  progress=None) -> dict:
+                  profile: bool = False, progress=None) -> dict:
+    """``profile`` adds one decode of the recipe's graph under ORT's profiler: the decoder's GFLOP, time per
+    category, and the floor at this machine's sgemm rate (see ``profile.py``)."""
     from .sessions import create_session, plan_session
     from .vae import OrtVae
     from .vae_export import export_vae
@@ -72,6 +74,21 @@ def run_vae_bench(vae_name: str = "sd-ldm", ep: str = "cpu", *, batch: int = 1, 
     base = configs["PyTorch eager"]["median_ms"]
     for c in configs.values():
         c["speedup"] = round(base / c["median_ms"], 2)
-    return {"vae": vae_name, "ep": ep, "batch": batch, "height": height, "width": width, "runs": runs,
+    extra = {}
+    if profile:
+        from .profile import profile_ort, sgemm_rates
+
+        report(0.9, "the recipe's decoder under ORT's profiler")
+        spec = artefact.manifest["parts"]["decoder"]
+        del vae
+        gc.collect()
+        breakdown = profile_ort(artefact.folder / spec["model_file"], [z.numpy()], runs=1, warmup=0,
+                                config=f"ORT {ep} recipe").to_dict()
+        rates = sgemm_rates(torch.get_num_threads())
+        gflop = sum(breakdown["gflop"].values())
+        floor_ms = gflop / max(rates.values()) * 1000.0
+        extra["profile"] = {**breakdown, "sgemm_gflops_by_library": {k: round(v, 1) for k, v in rates.items()},
+                            "floor_ms": round(floor_ms, 1), "max_speedup_over_eager": round(base / floor_ms, 2)}
+    return {**extra, "vae": vae_name, "ep": ep, "batch": batch, "height": height, "width": width, "runs": runs,
             "warmup": warmup, "threads": torch.get_num_threads(), "artefact": artefact.id, "decode": configs,
             "peak_rss_mb": round(_peak_rss_mb(), 1)}

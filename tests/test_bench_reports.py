@@ -6,8 +6,11 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import torch
 
 from lib_ort.cli import main
+from lib_ort.vae_architectures import build_vae
+from test_profile import _conv_flops_by_hooks
 from lib_ort.report import markdown_table
 
 
@@ -114,7 +117,7 @@ def test_webui_bench_says_when_no_webui_is_there(tmp_path, capsys):
 
 def test_vae_bench_times_torch_raw_export_and_recipe_on_the_same_latents(shared_registry, capsys):
     assert main(["--root", str(shared_registry.root), "bench-vae", "--vae", "tiny-ldm", "--height", "48", "--width",
-                 "64", "--batch", "2", "--runs", "3"]) == 0
+                 "64", "--batch", "2", "--runs", "3", "--profile"]) == 0
     result = json.loads(capsys.readouterr().out)
     decode = result["decode"]
     assert list(decode) == ["PyTorch eager", "ORT raw export", "ORT cpu recipe"]
@@ -123,6 +126,19 @@ def test_vae_bench_times_torch_raw_export_and_recipe_on_the_same_latents(shared_
         assert 0 < lo <= c["median_ms"] <= hi
         assert c["speedup"] == pytest.approx(decode["PyTorch eager"]["median_ms"] / c["median_ms"], rel=0.02)
         assert c["max_pixel_diff"] <= 1  # fp32 everywhere: at most one rounding step of 255
+    # the decoder's convolutions, counted from ORT's node shapes, are what the PyTorch modules compute
+    class Decode(torch.nn.Module):
+        def __init__(self, vae):
+            super().__init__()
+            self.vae = vae
+
+        def forward(self, z):
+            return self.vae.decode(z)
+
+    conv = _conv_flops_by_hooks(Decode(build_vae("tiny-ldm", seed=0)), {"z": torch.randn(2, 4, 6, 8)})
+    profile = result["profile"]
+    assert profile["gflop"]["convolution"] == pytest.approx(conv / 1e9, rel=0.05)
+    assert profile["floor_ms"] > 0 and profile["max_speedup_over_eager"] > 0
     listed = {row.id: row.manifest for row in shared_registry.list()}
     assert listed[result["artefact"]]["kind"] == "vae"  # the recipe's artefact is kept
 
@@ -130,3 +146,13 @@ def test_vae_bench_times_torch_raw_export_and_recipe_on_the_same_latents(shared_
 def test_vae_bench_refuses_sizes_the_vae_cannot_decode(shared_registry, capsys):
     assert main(["--root", str(shared_registry.root), "bench-vae", "--vae", "tiny-ldm", "--height", "50"]) == 1
     assert "multiples of 8" in capsys.readouterr().err
+
+
+def test_configurations_are_timed_interleaved_in_a_rotating_order():
+    from lib_ort.bench import time_interleaved
+
+    calls = []
+    timings = time_interleaved({name: (lambda name=name: calls.append(name)) for name in "abc"}, runs=3, warmup=1)
+    assert calls[:3] == ["a", "b", "c"]  # warm-up
+    assert calls[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # each round starts one further on
+    assert all(len(t["samples_ms"]) == 3 and t["min_ms"] <= t["median_ms"] <= t["max_ms"] for t in timings.values())
