@@ -257,12 +257,14 @@ def run_profile(arch: str, ep: str = "cpu", *, batch: int = 1, height: int | Non
     result = {
         "arch": arch, "ep": ep, "batch": batch, "height": lh * 8, "width": lw * 8, "sequence": seq,
         "threads": threads, "runs": runs, "warmup": warmup,
-        "sgemm_gflops": round(rate, 1), "sgemm_gflops_by_library": {k: round(v, 1) for k, v in rates.items()}, "call_gflop": round(gflop, 3), "floor_ms": round(floor_ms, 1),
+        "sgemm_gflops": round(rate, 1), "sgemm_gflops_by_library": {k: round(v, 1) for k, v in rates.items()},
+        "call_gflop": round(gflop, 3), "floor_ms": round(floor_ms, 1),
         "max_speedup_over_eager": round(eager_ms / floor_ms, 2),
         "configs": [b.to_dict() for b in breakdowns],
-        "method": (f"{warmup} warm-up + {runs} profiled calls per configuration, times per "
-                   "call; categories from self time (torch) and node time (ORT); GFLOP counted from ORT's node "
-                   "shapes for Conv/MatMul/Gemm/attention; floor = call GFLOP / the faster sgemm (torch or ONNX Runtime) on the same threads"),
+        "method": (f"{warmup} warm-up + {runs} profiled calls per configuration, times per call; categories "
+                   "from self time (torch) and node time (ORT); GFLOP counted from ORT's node shapes for "
+                   "Conv/MatMul/Gemm/attention; floor = call GFLOP / the faster sgemm (torch or ONNX Runtime) "
+                   "on the same threads"),
     }
     for b in result["configs"]:
         b["share_of_floor"] = round(floor_ms / b["total_ms"], 2)

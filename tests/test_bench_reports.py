@@ -156,3 +156,16 @@ def test_configurations_are_timed_interleaved_in_a_rotating_order():
     assert calls[:3] == ["a", "b", "c"]  # warm-up
     assert calls[3:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # each round starts one further on
     assert all(len(t["samples_ms"]) == 3 and t["min_ms"] <= t["median_ms"] <= t["max_ms"] for t in timings.values())
+
+
+def test_matrix_with_torch_compile_adds_a_column_or_says_why_not(shared_registry, tmp_path, capsys):
+    assert main(["--root", str(shared_registry.root), "bench", "--arch", "tiny-sd1", "--matrix", "--compile",
+                 "--height", "64", "--width", "64", "--batches", "1", "--steps", "1", "--runs", "2",
+                 "--out", str(tmp_path)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    compiled = [r for r in result["rows"] if r["config"] == "torch.compile"]
+    if compiled:  # inductor needs a C++ compiler; where it works, it computes what eager computes
+        assert compiled[0]["rel_err"] <= 1e-4 and compiled[0]["compile_s"] > 0
+    else:
+        assert "torch.compile" in result["meta"]["notes"]
+    assert {r["config"] for r in result["rows"]} >= {"PyTorch eager", "ORT unfused", "ORT cpu recipe"}
