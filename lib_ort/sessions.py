@@ -84,8 +84,12 @@ def _trt_profiles(input_names, io: dict, ranges: dict) -> dict:
 
 def plan_session(ep: str, *, manifest: dict | None = None, device_id: int = 0, stream: int | None = None,
                  cuda_graph: bool = False, intra_op_threads: int | None = None,
-                 cache_dir: str | os.PathLike | None = None) -> SessionPlan:
-    """What the session for ``ep`` is made of. ``stream`` is a CUDA stream handle (an int)."""
+                 cache_dir: str | os.PathLike | None = None, cpu_memory_arena: bool = True) -> SessionPlan:
+    """What the session for ``ep`` is made of. ``stream`` is a CUDA stream handle (an int).
+
+    ``cpu_memory_arena=False`` lets ORT's CPU provider free each buffer after the run instead of keeping
+    it in its arena: for graphs whose activations are hundreds of MB (the VAE at 512²) that was measured
+    faster on CPU (decoder 21.8 s against 24.1 s with the arena, alternating A/B, 3 of 3 pairs)."""
     if ep not in PROVIDER_NAMES:
         raise ValueError(f"unknown execution provider {ep!r}; choose one of: {', '.join(PROVIDER_NAMES)}")
     session_options = {"graph_optimization_level": "ORT_ENABLE_ALL", "execution_mode": "ORT_SEQUENTIAL"}
@@ -97,6 +101,8 @@ def plan_session(ep: str, *, manifest: dict | None = None, device_id: int = 0, s
 
             intra_op_threads = torch.get_num_threads()
         session_options["intra_op_num_threads"] = int(intra_op_threads)
+        if not cpu_memory_arena:
+            session_options["enable_cpu_mem_arena"] = False
         return SessionPlan(ep, [("CPUExecutionProvider", {})], session_options, session_config, run_config,
                            io_binding=False, cuda_graph=False, preload_dlls=False)
     if ep == "dml":

@@ -42,7 +42,8 @@ class OrtVae:
             if not torch.cuda.is_available():
                 raise OrtTurboError(f"the {self.ep} VAE needs a CUDA build of torch with a GPU; this torch has none")
             stream = torch.cuda.current_stream(device_id).cuda_stream
-        self.plan = plan_session(self.ep, device_id=device_id, stream=stream, intra_op_threads=intra_op_threads)
+        self.plan = plan_session(self.ep, device_id=device_id, stream=stream, intra_op_threads=intra_op_threads,
+                                 cpu_memory_arena=False)  # 512² activations: faster without the arena on CPU
         self.device = torch.device("cuda", device_id) if self.plan.io_binding else torch.device("cpu")
         self._sessions: dict[str, tuple] = {}
         self._lock = threading.Lock()

@@ -59,7 +59,8 @@ def run_vae_bench(vae_name: str = "sd-ldm", ep: str = "cpu", *, batch: int = 1, 
     with tempfile.TemporaryDirectory(prefix="ort-turbo-vae-bench-") as tmp:
         report(0.5, "raw export on ORT")
         export_vae(model, Path(tmp) / "export", parts=("decoder",))
-        session = create_session(Path(tmp) / "export" / "decoder" / MODEL_FILE, plan_session("cpu"))
+        plan = plan_session("cpu", cpu_memory_arena=False)  # as OrtVae runs it
+        session = create_session(Path(tmp) / "export" / "decoder" / MODEL_FILE, plan)
         feed = {session.get_inputs()[0].name: z.numpy()}
         raw = torch.from_numpy(session.run(None, feed)[0])
         configs["ORT raw export"] = {**_timing(time_calls(lambda: session.run(None, feed), runs, warmup)),

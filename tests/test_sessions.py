@@ -17,6 +17,8 @@ def test_cpu_plan_matches_torch_threads():
     assert plan.session_options["intra_op_num_threads"] == torch.get_num_threads()
     assert not plan.io_binding and not plan.cuda_graph
     assert plan_session("cpu", intra_op_threads=3).session_options["intra_op_num_threads"] == 3
+    assert "enable_cpu_mem_arena" not in plan.session_options  # ORT's default (arena on) for the UNet
+    assert plan_session("cpu", cpu_memory_arena=False).session_options["enable_cpu_mem_arena"] is False
 
 
 def test_cuda_plan_binds_on_torch_stream_with_optional_graphs():

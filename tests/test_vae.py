@@ -129,6 +129,8 @@ def cuda_artefact(registry):
 def test_cpu_artefact_decodes_and_encodes_like_torch(cpu_artefact):
     model = vae("tiny-diffusers")
     ort_vae = OrtVae(cpu_artefact)
+    # the session really runs without ORT's CPU arena (faster for 512² VAE activations, see sessions.py)
+    assert ort_vae._part("decoder")[0].get_session_options().enable_cpu_mem_arena is False
     for b, h, w in SIZES:
         z = torch.randn(b, 4, h, w)
         with torch.no_grad():
