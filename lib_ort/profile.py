@@ -119,11 +119,12 @@ class Breakdown:
                 "gflops": rates, "top_ops": [[n, round(ms, 1)] for n, ms in self.top_ops]}
 
 
-def profile_ort(model_path, values: list, runs: int = 2, warmup: int = 1, config: str = "ORT") -> Breakdown:
+def profile_ort(model_path, values: list, runs: int = 2, warmup: int = 1, config: str = "ORT",
+                cpu_memory_arena: bool = True) -> Breakdown:
     """Run the session with ORT's profiler on and add up node times and FLOPs per category (per call)."""
     from .sessions import create_session, plan_session
 
-    plan = plan_session("cpu")
+    plan = plan_session("cpu", cpu_memory_arena=cpu_memory_arena)
     with tempfile.TemporaryDirectory(prefix="ort-turbo-profile-") as tmp:
         options = {**plan.session_options, "enable_profiling": True, "profile_file_prefix": str(Path(tmp) / "ort")}
         session = create_session(model_path, dataclasses.replace(plan, session_options=options))

@@ -84,7 +84,7 @@ def run_vae_bench(vae_name: str = "sd-ldm", ep: str = "cpu", *, batch: int = 1, 
         del vae
         gc.collect()
         breakdown = profile_ort(artefact.folder / spec["model_file"], [z.numpy()], runs=1, warmup=0,
-                                config=f"ORT {ep} recipe").to_dict()
+                                config=f"ORT {ep} recipe", cpu_memory_arena=False).to_dict()  # as OrtVae runs
         rates = sgemm_rates(torch.get_num_threads())
         gflop = sum(breakdown["gflop"].values())
         floor_ms = gflop / max(rates.values()) * 1000.0
