@@ -31,15 +31,8 @@ def _peak_rss_mb(who=resource.RUSAGE_SELF) -> float:
 
 
 def time_calls(fn, runs: int, warmup: int) -> dict:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000.0)
-    return {"median_ms": statistics.median(samples), "min_ms": min(samples), "max_ms": max(samples),
-            "samples_ms": [round(s, 2) for s in samples]}
+    """Median, min, max and samples (ms) of ``runs`` calls of ``fn`` after ``warmup`` calls."""
+    return time_interleaved({"call": fn}, runs, warmup)["call"]
 
 
 def time_interleaved(fns: dict, runs: int, warmup: int) -> dict:
