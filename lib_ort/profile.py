@@ -259,7 +259,7 @@ def run_profile(arch: str, ep: str = "cpu", *, batch: int = 1, height: int | Non
         "arch": arch, "ep": ep, "batch": batch, "height": lh * 8, "width": lw * 8, "sequence": seq,
         "threads": threads, "runs": runs, "warmup": warmup,
         "sgemm_gflops": round(rate, 1), "sgemm_gflops_by_library": {k: round(v, 1) for k, v in rates.items()},
-        "call_gflop": round(gflop, 3), "floor_ms": round(floor_ms, 1),
+        "call_gflop": round(gflop, 4), "floor_ms": round(floor_ms, 3),  # a tiny model's floor is ~1 ms
         "max_speedup_over_eager": round(eager_ms / floor_ms, 2),
         "configs": [b.to_dict() for b in breakdowns],
         "method": (f"{warmup} warm-up + {runs} profiled calls per configuration, times per call; categories "

@@ -89,7 +89,7 @@ def run_vae_bench(vae_name: str = "sd-ldm", ep: str = "cpu", *, batch: int = 1, 
         gflop = sum(breakdown["gflop"].values())
         floor_ms = gflop / max(rates.values()) * 1000.0
         extra["profile"] = {**breakdown, "sgemm_gflops_by_library": {k: round(v, 1) for k, v in rates.items()},
-                            "floor_ms": round(floor_ms, 1), "max_speedup_over_eager": round(base / floor_ms, 2)}
+                            "floor_ms": round(floor_ms, 3), "max_speedup_over_eager": round(base / floor_ms, 2)}
     return {**extra, "vae": vae_name, "ep": ep, "batch": batch, "height": height, "width": width, "runs": runs,
             "warmup": warmup, "threads": torch.get_num_threads(), "artefact": artefact.id, "decode": configs,
             "peak_rss_mb": round(_peak_rss_mb(), 1)}
