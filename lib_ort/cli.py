@@ -123,7 +123,7 @@ def cmd_bench_vae(args) -> dict:
 
     return run_vae_bench(args.vae, args.ep, batch=args.batch, height=args.height, width=args.width, runs=args.runs,
                          warmup=args.warmup, root=args.root, seed=args.seed, toolchain=_toolchain(args),
-                         profile=args.profile, progress=_console_progress)
+                         profile=args.profile, encode=args.encode, progress=_console_progress)
 
 
 def cmd_webui_bench(args) -> dict:
@@ -207,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--profile", action="store_true",
                    help="also profile the recipe's decoder: GFLOP, time per category, floor at the sgemm rate")
+    p.add_argument("--encode", action="store_true", help="also time the encoder (img2img, hires fix)")
     p.set_defaults(func=cmd_bench_vae)
     p = sub.add_parser("webui-bench", help="time txt2img on a running WebUI (--api): stock, CFG-free, ORT Turbo")
     p.add_argument("--url", default="http://127.0.0.1:7860")

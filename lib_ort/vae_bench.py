@@ -31,14 +31,24 @@ def _timing(t: dict) -> dict:
     return {"median_ms": round(t["median_ms"], 1), "spread_ms": [round(t["min_ms"], 1), round(t["max_ms"], 1)]}
 
 
+def _add_speedups(configs: dict) -> float:
+    """Each configuration's speed-up over the first (PyTorch); returns the first's median."""
+    base = next(iter(configs.values()))["median_ms"]
+    for c in configs.values():
+        c["speedup"] = round(base / c["median_ms"], 2)
+    return base
+
+
 def run_vae_bench(vae_name: str = "sd-ldm", ep: str = "cpu", *, batch: int = 1, height: int = 512, width: int = 512,
                   runs: int = 3, warmup: int = 1, root=None, seed: int = 0, toolchain: Toolchain = Toolchain(),
-                  profile: bool = False, progress=None) -> dict:
+                  profile: bool = False, encode: bool = False, progress=None) -> dict:
     """``profile`` adds one decode of the recipe's graph under ORT's profiler: the decoder's GFLOP, time per
-    category, and the floor at this machine's sgemm rate (see ``profile.py``)."""
+    category, and the floor at this machine's sgemm rate (see ``profile.py``). ``encode`` also times the
+    encoder (img2img, hires fix) in PyTorch and in the recipe, on the same images, with the relative error
+    of the posterior's moments."""
     from .sessions import create_session, plan_session
     from .vae import OrtVae
-    from .vae_export import export_vae
+    from .vae_export import EncoderGraph, export_vae
     from .vae_pipeline import prepare_vae
 
     report = progress or (lambda fraction, message: None)
@@ -72,10 +82,20 @@ def run_vae_bench(vae_name: str = "sd-ldm", ep: str = "cpu", *, batch: int = 1, 
     out = vae.decode(z)
     configs[f"ORT {ep} recipe"] = {**_timing(time_calls(lambda: vae.decode(z), runs, warmup)),
                                    "max_pixel_diff": float((to_pixels(out) - to_pixels(reference)).abs().max())}
-    base = configs["PyTorch eager"]["median_ms"]
-    for c in configs.values():
-        c["speedup"] = round(base / c["median_ms"], 2)
+    base = _add_speedups(configs)
     extra = {}
+    if encode:
+        report(0.85, f"encoder: PyTorch and ORT {ep} VAE recipe")
+        x = torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(seed + 1)) * 2 - 1
+        with torch.no_grad():
+            torch_encoder = EncoderGraph(model)
+            moments = torch_encoder(x)
+            encoded = {"PyTorch eager": {**_timing(time_calls(lambda: torch_encoder(x), runs, warmup)), "rel_err": 0.0}}
+        ort_moments = vae.encode_moments(x)
+        encoded[f"ORT {ep} recipe"] = {**_timing(time_calls(lambda: vae.encode_moments(x), runs, warmup)),
+                                       "rel_err": float((ort_moments - moments).abs().max() / moments.abs().max())}
+        _add_speedups(encoded)
+        extra["encode"] = encoded
     if profile:
         from .profile import profile_ort, sgemm_rates
 

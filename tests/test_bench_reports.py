@@ -117,7 +117,7 @@ def test_webui_bench_says_when_no_webui_is_there(tmp_path, capsys):
 
 def test_vae_bench_times_torch_raw_export_and_recipe_on_the_same_latents(shared_registry, capsys):
     assert main(["--root", str(shared_registry.root), "bench-vae", "--vae", "tiny-ldm", "--height", "48", "--width",
-                 "64", "--batch", "2", "--runs", "3", "--profile"]) == 0
+                 "64", "--batch", "2", "--runs", "3", "--profile", "--encode"]) == 0
     result = json.loads(capsys.readouterr().out)
     decode = result["decode"]
     assert list(decode) == ["PyTorch eager", "ORT raw export", "ORT cpu recipe"]
@@ -139,6 +139,12 @@ def test_vae_bench_times_torch_raw_export_and_recipe_on_the_same_latents(shared_
     profile = result["profile"]
     assert profile["gflop"]["convolution"] == pytest.approx(conv / 1e9, rel=0.05)
     assert profile["floor_ms"] > 0 and profile["max_speedup_over_eager"] > 0
+    encode = result["encode"]  # the encoder on the same images: PyTorch, then the recipe's encoder
+    assert list(encode) == ["PyTorch eager", "ORT cpu recipe"]
+    assert encode["ORT cpu recipe"]["rel_err"] <= 1e-4 and encode["PyTorch eager"]["rel_err"] == 0
+    for c in encode.values():
+        assert 0 < c["spread_ms"][0] <= c["median_ms"] <= c["spread_ms"][1]
+        assert c["speedup"] == pytest.approx(encode["PyTorch eager"]["median_ms"] / c["median_ms"], rel=0.02)
     listed = {row.id: row.manifest for row in shared_registry.list()}
     assert listed[result["artefact"]]["kind"] == "vae"  # the recipe's artefact is kept
 
