@@ -3,7 +3,8 @@ recipe on ONNX Runtime, on the same latents and weights, with the image differen
 
 At 1-4 steps the decode is a large part of a generation on CPU, so this is the VAE half of the
 end-to-end target. Each timing is the median of ``runs`` decodes after ``warmup``; the spread is
-min..max. The raw export is timed too because a recipe must earn its place against it.
+min..max. The configurations are timed interleaved (one decode of each per round), because this kind of
+VM drifts between blocks of runs. The raw export is timed too because a recipe must earn its place against it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .bench import _peak_rss_mb, time_calls
+from .bench import _peak_rss_mb, time_interleaved
 from .describe import state_dict_digest
 from .export import MODEL_FILE
 from .optimize import Toolchain
@@ -60,40 +61,41 @@ def run_vae_bench(vae_name: str = "sd-ldm", ep: str = "cpu", *, batch: int = 1, 
     artefact = prepare_vae(model, Registry(root), {"hash": digest, "name": name}, {"hash": digest, "name": name},
                            ep, "fp32", toolchain=toolchain, progress=progress)
     z = torch.randn(batch, 4, height // 8, width // 8, generator=torch.Generator().manual_seed(seed))
-    report(0.3, "PyTorch decode")
+    recipe = f"ORT {ep} recipe"
+    tmp = tempfile.TemporaryDirectory(prefix="ort-turbo-vae-bench-")  # removed once its session is gone
+    report(0.3, "raw export")
+    export_vae(model, Path(tmp.name) / "export", parts=("decoder",))
+    session = create_session(Path(tmp.name) / "export" / "decoder" / MODEL_FILE,
+                             plan_session("cpu", cpu_memory_arena=False))  # as OrtVae runs it
+    feed = {session.get_inputs()[0].name: z.numpy()}
+    vae = OrtVae(artefact)
+    decoders = {"PyTorch eager": lambda: model.decode(z), "ORT raw export": lambda: session.run(None, feed)[0],
+                recipe: lambda: vae.decode(z)}
     with torch.no_grad():
         reference = model.decode(z)
-        torch_t = time_calls(lambda: model.decode(z), runs, warmup)
-    configs = {"PyTorch eager": {**_timing(torch_t), "max_pixel_diff": 0.0}}
-
-    with tempfile.TemporaryDirectory(prefix="ort-turbo-vae-bench-") as tmp:
-        report(0.5, "raw export on ORT")
-        export_vae(model, Path(tmp) / "export", parts=("decoder",))
-        plan = plan_session("cpu", cpu_memory_arena=False)  # as OrtVae runs it
-        session = create_session(Path(tmp) / "export" / "decoder" / MODEL_FILE, plan)
-        feed = {session.get_inputs()[0].name: z.numpy()}
-        raw = torch.from_numpy(session.run(None, feed)[0])
-        configs["ORT raw export"] = {**_timing(time_calls(lambda: session.run(None, feed), runs, warmup)),
-                                     "max_pixel_diff": float((to_pixels(raw) - to_pixels(reference)).abs().max())}
-        del session
-        gc.collect()
-    report(0.8, f"ORT {ep} VAE recipe")
-    vae = OrtVae(artefact)
-    out = vae.decode(z)
-    configs[f"ORT {ep} recipe"] = {**_timing(time_calls(lambda: vae.decode(z), runs, warmup)),
-                                   "max_pixel_diff": float((to_pixels(out) - to_pixels(reference)).abs().max())}
+        pixels = {name: to_pixels(torch.as_tensor(decode())) for name, decode in decoders.items()}
+        report(0.4, "decoding, the three interleaved")
+        timings = time_interleaved(decoders, runs, warmup)
+    reference = to_pixels(reference)
+    configs = {name: {**_timing(timings[name]), "max_pixel_diff": float((pixels[name] - reference).abs().max())}
+               for name in decoders}
+    del decoders, session
+    gc.collect()
+    tmp.cleanup()
     base = _add_speedups(configs)
     extra = {}
     if encode:
         report(0.85, f"encoder: PyTorch and ORT {ep} VAE recipe")
         x = torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(seed + 1)) * 2 - 1
+        torch_encoder = EncoderGraph(model)
+        encoders = {"PyTorch eager": lambda: torch_encoder(x), recipe: lambda: vae.encode_moments(x)}
         with torch.no_grad():
-            torch_encoder = EncoderGraph(model)
-            moments = torch_encoder(x)
-            encoded = {"PyTorch eager": {**_timing(time_calls(lambda: torch_encoder(x), runs, warmup)), "rel_err": 0.0}}
-        ort_moments = vae.encode_moments(x)
-        encoded[f"ORT {ep} recipe"] = {**_timing(time_calls(lambda: vae.encode_moments(x), runs, warmup)),
-                                       "rel_err": float((ort_moments - moments).abs().max() / moments.abs().max())}
+            moments = {name: encode() for name, encode in encoders.items()}
+            timings = time_interleaved(encoders, runs, warmup)
+        reference = moments["PyTorch eager"]
+        encoded = {name: {**_timing(timings[name]),
+                          "rel_err": float((m - reference).abs().max() / reference.abs().max())}
+                   for name, m in moments.items()}
         _add_speedups(encoded)
         extra["encode"] = encoded
     if profile:
@@ -104,7 +106,7 @@ def run_vae_bench(vae_name: str = "sd-ldm", ep: str = "cpu", *, batch: int = 1, 
         del vae
         gc.collect()
         breakdown = profile_ort(artefact.folder / spec["model_file"], [z.numpy()], runs=1, warmup=0,
-                                config=f"ORT {ep} recipe", cpu_memory_arena=False).to_dict()  # as OrtVae runs
+                                config=recipe, cpu_memory_arena=False).to_dict()  # as OrtVae runs
         rates = sgemm_rates(torch.get_num_threads())
         gflop = sum(breakdown["gflop"].values())
         floor_ms = gflop / max(rates.values()) * 1000.0
