@@ -92,9 +92,9 @@ def run_vae_bench(vae_name: str = "sd-ldm", ep: str = "cpu", *, batch: int = 1, 
         with torch.no_grad():
             moments = {name: encode() for name, encode in encoders.items()}
             timings = time_interleaved(encoders, runs, warmup)
-        reference = moments["PyTorch eager"]
+        torch_moments = moments["PyTorch eager"]
         encoded = {name: {**_timing(timings[name]),
-                          "rel_err": float((m - reference).abs().max() / reference.abs().max())}
+                          "rel_err": float((m - torch_moments).abs().max() / torch_moments.abs().max())}
                    for name, m in moments.items()}
         _add_speedups(encoded)
         extra["encode"] = encoded
