@@ -39,7 +39,9 @@ def _model_and_checkpoint(args):
     from .checkpoint import file_sha256, load_unet_from_checkpoint
 
     print(f"hashing {args.checkpoint} ...", file=sys.stderr)
-    checkpoint = {"hash": file_sha256(args.checkpoint), "name": Path(args.checkpoint).stem}
+    sha256 = file_sha256(args.checkpoint)
+    # the WebUI's checkpoint title form ("name.safetensors [hash10]"), so both name an export alike
+    checkpoint = {"hash": sha256, "name": f"{Path(args.checkpoint).name} [{sha256[:10]}]"}
     return load_unet_from_checkpoint(args.checkpoint), checkpoint
 
 

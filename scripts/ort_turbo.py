@@ -16,6 +16,7 @@ script_callbacks.on_list_unets(unet.list_unets)
 script_callbacks.on_ui_tabs(lambda: [(ui.build_tab(), "ORT Turbo", "ort_turbo")])
 script_callbacks.on_app_started(lambda demo, app: add_routes(app))
 script_callbacks.on_app_started(lambda demo, app: ort_vae.add_routes(app))
+script_callbacks.on_after_component(ui.refresh_when_shown)
 
 
 class OrtTurboScript(scripts.Script):
@@ -25,9 +26,17 @@ class OrtTurboScript(scripts.Script):
     def show(self, is_img2img):
         return scripts.AlwaysVisible
 
+    def preset(self):
+        if getattr(self, "_preset", None) is None:
+            self._preset = ui.TurboPreset("img2img" if self.is_img2img else "txt2img")
+        return self._preset
+
+    def after_component(self, component, **kwargs):
+        self.preset().saw(component)
+
     def ui(self, is_img2img):
-        components = ui.build_accordion(is_img2img)
-        self.infotext_fields = [(components[0], lambda d: str(d.get(job.INFOTEXT_CFG_FREE, "False")) == "True")]
+        components = ui.build_accordion(is_img2img, self.preset())
+        self.infotext_fields = [(components[0], job.pasted_cfg_free)]
         self.paste_field_names = [job.INFOTEXT_CFG_FREE]
         return components
 

@@ -19,6 +19,9 @@ from . import service, settings
 
 INFOTEXT_KEY = "ORT Turbo"
 INFOTEXT_CFG_FREE = "ORT Turbo CFG-free"
+#: what the WebUI's CFG denoiser writes when ``skip_early_cond`` is set; pasted back, it becomes an
+#: "Override settings" entry that outlives the job (see the module docstring)
+WEBUI_SKIP_EARLY_CFG = "Skip Early CFG"
 _MISSING = object()
 
 
@@ -225,11 +228,21 @@ def before_batch(p, ours_active: bool, unet) -> None:
         unet.park_torch_unet()
 
 
+def pasted_cfg_free(params: dict):
+    """The accordion's checkbox from a pasted infotext; None (left as it is) when the image does not say."""
+    if INFOTEXT_CFG_FREE not in params:
+        return None
+    return str(params[INFOTEXT_CFG_FREE]) == "True"
+
+
 def after_batch(p) -> None:
     job = current_job()
     text = job.infotext()
     if text is not None:
         p.extra_generation_params[INFOTEXT_KEY] = text
+    if job.options is not None and "skip_early_cond" in job.options.values:
+        # ORT Turbo set it, and INFOTEXT_CFG_FREE records it: never an override on paste
+        p.extra_generation_params.pop(WEBUI_SKIP_EARLY_CFG, None)
     if job.fallback_calls and not job.warned:
         job.warned = True
         _comment(p, f"ORT Turbo: the PyTorch UNet ran ({'; '.join(job.reasons)})")

@@ -79,6 +79,7 @@ def artefact_rows() -> list[dict]:
         rows.append({
             "id": row.id,
             "checkpoint": (m.get("checkpoint") or {}).get("name", "?"),
+            "checkpoint_hash": (m.get("checkpoint") or {}).get("hash"),
             "provider": m.get("ep", "?"),
             "precision": m.get("precision", "?"),
             "family": m.get("family") or m.get("kind", "?"),

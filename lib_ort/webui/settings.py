@@ -78,6 +78,6 @@ def option_templates(shared, gr) -> dict:
                                      "exported for this checkpoint and provider; TAESD is left alone)"),
         CUDA_GRAPHS: OptionInfo(False, "Static shapes with CUDA graphs (CUDA provider; one graph per image size)"),
         CFG_FREE: OptionInfo(True, "CFG-free sampling at CFG scale <= 1 (skip the negative prompt's UNet rows)"),
-        ARTEFACT_DIR: OptionInfo("", "Folder for exported models (empty: the extension's artefacts folder, or "
-                                     "$ORT_TURBO_HOME)"),
+        ARTEFACT_DIR: OptionInfo("", "Folder for exported models", gr.Textbox, {"lines": 1, "max_lines": 1})
+        .info("empty: the extension's artefacts folder, or $ORT_TURBO_HOME"),
     })

@@ -2,6 +2,10 @@
 
 Gradio 3.41 (the WebUI's version). Handlers raise ``gr.Error`` with the reason: a failure is shown
 to the user, never built and dropped.
+
+The Turbo preset sets the page's own steps, CFG, sampler and scheduler components from the server
+(``gr.update`` from the button's click), found by the elem_ids the WebUI gives them: a value written
+into a Gradio 3.41 dropdown from JavaScript shows in the box but is not what Generate sends.
 """
 
 from __future__ import annotations
@@ -11,13 +15,37 @@ import gradio as gr
 from ..errors import OrtTurboError
 from . import service, settings
 
-COLUMNS = ["id", "checkpoint", "provider", "precision", "family", "size_mb", "created", "valid", "problem"]
+#: (header, artefact row key): what a user needs first, the long id last
+COLUMNS = [("checkpoint", "checkpoint"), ("provider", "provider"), ("precision", "precision"),
+           ("kind", "family"), ("MB", "size_mb"), ("valid", "valid"), ("why not", "problem"), ("id", "id")]
 TURBO_STEPS = (1, 2, 3, 4)
+#: the Turbo preset; never Align Your Steps or DDIM (broken at 1 step)
+PRESET_SAMPLER = "Euler a"
+PRESET_SCHEDULER = "SGM Uniform"
+PRESET_CFG = 1.0
+#: the WebUI's components the preset sets, by the suffix of their elem_id (``txt2img_steps``, ...)
+PRESET_TARGETS = ("steps", "cfg_scale", "sampling", "scheduler")
+TAB_ELEM_ID = "ort_turbo"  # the WebUI wraps the tab in a TabItem with elem_id "tab_" + this
+
+
+def _checkpoint_titles() -> dict[str, str]:
+    """sha256 -> the WebUI's checkpoint title ("name.safetensors [hash10]") for every checkpoint it has hashed."""
+    try:
+        from modules import sd_models, shared
+    except ImportError:
+        return {}
+    infos = list(getattr(sd_models, "checkpoints_list", {}).values())
+    loaded = getattr(shared.sd_model, "sd_checkpoint_info", None) if shared.sd_model is not None else None
+    return {info.sha256: info.title for info in [*infos, loaded] if getattr(info, "sha256", None)}
 
 
 def _table():
     rows = service.artefact_rows()
-    return [[r[c] for c in COLUMNS] for r in rows], [r["id"] for r in rows]
+    titles = _checkpoint_titles()
+    for row in rows:
+        row["checkpoint"] = titles.get(row.get("checkpoint_hash"), row["checkpoint"])
+        row["valid"] = "yes" if row["valid"] else "no"
+    return [[r[key] for _, key in COLUMNS] for r in rows], [r["id"] for r in rows]
 
 
 def _status_markdown() -> str:
@@ -54,8 +82,26 @@ def export_vae_clicked(provider_label: str, progress=gr.Progress()):
 
 
 def refresh_clicked():
+    """The table and the delete dropdown as the registry is now (exports made anywhere: API, other pages)."""
     rows, ids = _table()
     return rows, gr.update(choices=ids)
+
+
+_tab_outputs: list = []  # the table and dropdown of the tab built last (a "Reload UI" builds it again)
+_tab_item: list = []  # the WebUI's TabItem around our tab, until its select event is wired
+
+
+def refresh_when_shown(component, **kwargs) -> None:
+    """``on_after_component``: selecting the WebUI's TabItem around our tab refreshes the table.
+
+    The WebUI reports a TabItem from inside its constructor, before Gradio gives it a ``select``
+    event; the event is wired when the next component is reported (the next tab, or the footer that
+    always follows the tabs), by which time the TabItem is complete.
+    """
+    if _tab_item and hasattr(_tab_item[0], "select"):
+        _tab_item.pop().select(refresh_clicked, outputs=list(_tab_outputs), show_progress=False)
+    if kwargs.get("elem_id") == f"tab_{TAB_ELEM_ID}" and _tab_outputs:
+        _tab_item[:] = [component]
 
 
 def delete_clicked(artefact_id: str):
@@ -99,7 +145,6 @@ def delete_all_clicked():
 
 
 def build_tab():
-    rows, ids = _table()
     with gr.Blocks(analytics_enabled=False) as tab:
         gr.Markdown("Export the loaded checkpoint's UNet once per execution provider, then pick "
                     "**ORT Turbo** as the SD Unet (Settings > Stable Diffusion, or the quick settings).")
@@ -109,9 +154,10 @@ def build_tab():
             export = gr.Button("Export loaded checkpoint", variant="primary", elem_id="ort_turbo_export")
             export_vae = gr.Button("Export VAE", elem_id="ort_turbo_export_vae")
         message = gr.Markdown(_status_markdown(), elem_id="ort_turbo_message")
-        table = gr.Dataframe(value=rows, headers=COLUMNS, interactive=False, elem_id="ort_turbo_artefacts")
+        table = gr.Dataframe(headers=[header for header, _ in COLUMNS], datatype="str", interactive=False,
+                             wrap=True, elem_id="ort_turbo_artefacts")
         with gr.Row():
-            choice = gr.Dropdown(ids, label="Export", elem_id="ort_turbo_delete_choice")
+            choice = gr.Dropdown([], label="Export", elem_id="ort_turbo_delete_choice")
             delete = gr.Button("Delete", elem_id="ort_turbo_delete")
             refresh = gr.Button("Refresh", elem_id="ort_turbo_refresh")
         with gr.Accordion("Clean up", open=False):
@@ -125,19 +171,65 @@ def build_tab():
         drop_all.click(delete_all_clicked, outputs=[message, usage_text, table, choice])
         delete.click(delete_clicked, inputs=[choice], outputs=[message, table, choice])
         refresh.click(refresh_clicked, outputs=[table, choice])
+        tab.load(refresh_clicked, outputs=[table, choice])  # every page load reads the registry
+    _tab_outputs[:] = [table, choice]
     return tab
 
 
-def build_accordion(is_img2img: bool):
+def preset_values(steps) -> tuple:
+    """What the Turbo preset sets, in ``PRESET_TARGETS`` order, for the chosen number of steps (1-4)."""
+    try:
+        n = int(steps)
+    except (TypeError, ValueError):
+        n = TURBO_STEPS[0]
+    n = min(max(n, TURBO_STEPS[0]), TURBO_STEPS[-1])
+    return (gr.update(value=n), gr.update(value=PRESET_CFG), gr.update(value=PRESET_SAMPLER),
+            gr.update(value=PRESET_SCHEDULER))
+
+
+class TurboPreset:
+    """The "Apply Turbo preset" button of one tab (txt2img or img2img), wired to the page's own controls.
+
+    The WebUI hands every component it creates to ``Script.after_component``; the button is wired
+    as soon as it and all four targets exist, whichever comes last (the user can reorder the page).
+    """
+
+    def __init__(self, tabname: str):
+        self.tabname = tabname
+        self.targets: dict = {}
+        self.button = None
+        self.steps = None
+        self.wired = False
+
+    def saw(self, component) -> None:
+        elem_id = getattr(component, "elem_id", None) or ""
+        for key in PRESET_TARGETS:
+            if elem_id == f"{self.tabname}_{key}":
+                self.targets[key] = component
+        self._wire()
+
+    def add_button(self, button, steps) -> None:
+        self.button, self.steps = button, steps
+        self._wire()
+
+    def _wire(self) -> None:
+        if self.wired or self.button is None or any(key not in self.targets for key in PRESET_TARGETS):
+            return
+        self.button.click(preset_values, inputs=[self.steps], outputs=[self.targets[k] for k in PRESET_TARGETS],
+                          show_progress=False)
+        self.wired = True
+
+
+def build_accordion(is_img2img: bool, preset: TurboPreset):
     """Returns the components whose values become the script's arguments: (cfg_free,)."""
     prefix = "img2img" if is_img2img else "txt2img"
     with gr.Accordion("ORT Turbo", open=False, elem_id=f"ort_turbo_{prefix}"):
         with gr.Row():
-            cfg_free = gr.Checkbox(True, label="CFG-free at CFG scale <= 1", elem_id=f"ort_turbo_{prefix}_cfg_free")
-            steps = gr.Radio([str(s) for s in TURBO_STEPS], value="1", label="Turbo steps",
+            steps = gr.Radio([str(s) for s in TURBO_STEPS], value="1", label="Turbo steps", scale=2, min_width=220,
                              elem_id=f"ort_turbo_{prefix}_steps")
-            gr.Button("Apply Turbo preset", elem_id=f"ort_turbo_{prefix}_preset").click(
-                None, inputs=[steps], outputs=[], _js=f"(steps) => ortTurboApplyPreset('{prefix}', steps)")
-        gr.Markdown("Turbo preset: Euler a, SGM Uniform, CFG scale 1, the chosen steps. For img2img and hires fix "
-                    "it also turns on *Settings > img2img > do exactly the amount of steps* so 1 step works.")
+            button = gr.Button("Apply Turbo preset", scale=1, min_width=160, elem_id=f"ort_turbo_{prefix}_preset")
+        cfg_free = gr.Checkbox(True, label="CFG-free at CFG scale <= 1", elem_id=f"ort_turbo_{prefix}_cfg_free")
+        gr.Markdown(f"Turbo preset: {PRESET_SAMPLER}, {PRESET_SCHEDULER}, CFG scale {PRESET_CFG:g}, the chosen "
+                    "steps. For img2img and hires fix ORT Turbo also does exactly that many steps.")
+    preset.add_button(button, steps)
     return [cfg_free]

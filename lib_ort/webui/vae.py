@@ -12,7 +12,8 @@ When: ORT Turbo is the selected SD Unet (checked when the job starts, and again 
 another SD Unet that became active is never bypassed), the "VAE on ONNX Runtime" setting is on, and
 an artefact exists for the loaded checkpoint, the loaded VAE (its own hash: a VAE picked in the VAE
 dropdown is another VAE) and the provider, in the precision the "fp16 VAE" setting chooses. Anything
-else, or any ONNX Runtime failure, runs the PyTorch VAE, with the reason in the infotext.
+else, or any ONNX Runtime failure, runs the PyTorch VAE. The infotext records what decoded, in a few
+words that paste back cleanly; the reason and what to do go to the console (once) and under the image.
 """
 
 from __future__ import annotations
@@ -270,10 +271,13 @@ class VaeRoute:
                 service.log(text)
 
     def infotext(self) -> str | None:
+        """What ran, with no advice (that is in ``notes``): the artefact, or PyTorch."""
         if not self.ort_calls and not self.notes:
             return None
-        text = f"{self.fast.id} ({self.fast.ep})" if self.ort_calls else "PyTorch"
-        return "; ".join([text, *self.notes])
+        if not self.ort_calls:
+            return "PyTorch (fallback)"
+        ran = f"{self.fast.id} ({self.fast.ep})"
+        return f"{ran} and PyTorch" if self.torch_calls and self.notes else ran
 
 
 class _Job:
@@ -339,14 +343,25 @@ def _restore_on_close(p) -> None:
     p.close = close
 
 
+_advised: set[str] = set()  # advice already printed in the console this session
+
+
 def after_batch(p) -> None:
-    """From ``postprocess_batch``: what decoded this batch, for the infotext."""
+    """From ``postprocess_batch``: what decoded this batch for the infotext; why, under the image."""
     route = _job.route
     text = route.infotext() if route is not None else None
+    notes = list(route.notes) if route is not None else []
     if route is None and _job.unavailable and _ours_selected():
-        text = f"PyTorch; {_job.unavailable}"
+        text = "PyTorch (no export)"
+        notes = [_job.unavailable]
+        if _job.unavailable not in _advised:
+            _advised.add(_job.unavailable)
+            service.log(f"PyTorch VAE used: {_job.unavailable}")
     if text:
         p.extra_generation_params[INFOTEXT_KEY] = text
+    for note in notes:
+        if hasattr(p, "comment"):
+            p.comment(f"{INFOTEXT_KEY}: {note}")
 
 
 def finish_job() -> None:

@@ -128,7 +128,7 @@ def test_ort_turbo_matches_the_pytorch_unet_and_says_so(fresh_webui, exported, e
 
 def assert_pytorch_fallback(extension, reason, **kwargs):
     ort = images_with(extension, LABEL, **kwargs)
-    assert "ORT Turbo: PyTorch fallback: " in ort.infotexts[0], ort.infotexts[0]
+    assert 'ORT Turbo: "PyTorch fallback: ' in ort.infotexts[0], ort.infotexts[0]
     assert reason in ort.infotexts[0], ort.infotexts[0]
     ref = images_with(extension, "None", **kwargs)
     assert torch.equal(ort.images[0], ref.images[0])  # the PyTorch UNet really ran
@@ -270,5 +270,6 @@ def test_paste_back_of_what_the_infotext_says(extension):
     with gr.Blocks():
         script.ui(False)
     (component, parse), = script.infotext_fields
-    assert parse({"ORT Turbo CFG-free": "True"}) is True and parse({}) is False
+    assert parse({"ORT Turbo CFG-free": "True"}) is True and parse({"ORT Turbo CFG-free": "False"}) is False
+    assert parse({}) is None  # an image that does not say leaves the checkbox alone
     assert script.paste_field_names == ["ORT Turbo CFG-free"]

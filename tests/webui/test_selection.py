@@ -92,7 +92,8 @@ def test_tab_and_accordion_build_with_the_webuis_gradio(extension, exported):
     tab = ui.build_tab()
     assert isinstance(tab, gr.Blocks)
     with gr.Blocks():
-        components = ui.build_accordion(is_img2img=False)
+        components = ui.build_accordion(is_img2img=False, preset=ui.TurboPreset("txt2img"))
     assert len(components) == 1 and isinstance(components[0], gr.Checkbox)
     rows, ids = ui._table()
-    assert exported["id"] in ids and rows[ids.index(exported["id"])][-2] is True
+    valid = [header for header, _ in ui.COLUMNS].index("valid")
+    assert exported["id"] in ids and rows[ids.index(exported["id"])][valid] == "yes"

@@ -21,7 +21,8 @@ class Processed:
 class StableDiffusionProcessing:
     def __init__(self, scripts, batch_size=1, steps=1, cfg_scale=1.0, width=64, height=64, seed=0, n_iter=1,
                  override_settings=None, extra_network_data=None, prompt_len=77, init_images=None,
-                 enable_hr=False, fail_at_step=None):
+                 enable_hr=False, fail_at_step=None, prompt="", negative_prompt="", sampler_name=None,
+                 scheduler=None):
         self.scripts = scripts
         self.batch_size, self.steps, self.cfg_scale = batch_size, steps, cfg_scale
         self.width, self.height, self.seed, self.n_iter = width, height, seed, n_iter
@@ -35,6 +36,8 @@ class StableDiffusionProcessing:
         self.enable_hr = enable_hr
         self.tiling = False
         self.fail_at_step = fail_at_step
+        self.prompt, self.negative_prompt = prompt, negative_prompt
+        self.sampler_name, self.scheduler = sampler_name, scheduler
         self.closed = False
         self.sd_model = shared.sd_model
 
@@ -58,7 +61,7 @@ class StableDiffusionProcessing:
         cond = model.encode(b, self.prompt_len, g)
         uncond = model.encode(b, self.prompt_len, g)
         image_cond = torch.randn(b, 5, h, w, generator=g) if model.inpaint else None
-        denoiser = CFGDenoiser(model.denoise, self.steps)
+        denoiser = CFGDenoiser(model.denoise, self.steps, p=self)
         for i in range(self.steps):
             if shared.state.interrupted:
                 break
@@ -71,8 +74,14 @@ class StableDiffusionProcessing:
 
 
 def create_infotext(p):
-    params = {"Steps": p.steps, "CFG scale": p.cfg_scale, "Size": f"{p.width}x{p.height}", **p.extra_generation_params}
-    return ", ".join(f"{k}: {v}" for k, v in params.items())
+    """Prompt, negative prompt, then ``key: value`` pairs with values quoted as the WebUI quotes them."""
+    from modules.infotext_utils import quote
+
+    params = {"Steps": p.steps, "Sampler": p.sampler_name, "Schedule type": p.scheduler, "CFG scale": p.cfg_scale,
+              "Size": f"{p.width}x{p.height}", **p.extra_generation_params}
+    text = ", ".join(f"{k}: {quote(v)}" for k, v in params.items() if v is not None)
+    negative = f"\nNegative prompt: {p.negative_prompt}" if p.negative_prompt else ""
+    return f"{p.prompt}{negative}\n{text}".strip()
 
 
 def process_images(p):

@@ -29,6 +29,15 @@ def on_model_loaded(fn):
     _add("model_loaded", fn)
 
 
+def on_after_component(fn):
+    _add("after_component", fn)
+
+
+def after_component_callback(component, **kwargs):
+    for fn in callbacks["after_component"]:
+        fn(component, **kwargs)
+
+
 def list_unets_callback():
     res = []
     for fn in callbacks["list_unets"]:

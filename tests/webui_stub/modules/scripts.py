@@ -9,6 +9,7 @@ class Script:
     args_to = None
     infotext_fields = None
     paste_field_names = None
+    is_img2img = False
 
     def title(self):
         raise NotImplementedError()
@@ -17,6 +18,9 @@ class Script:
         return True
 
     def ui(self, is_img2img):
+        pass
+
+    def after_component(self, component, **kwargs):
         pass
 
     def before_process(self, p, *args):

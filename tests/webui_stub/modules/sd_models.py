@@ -2,6 +2,8 @@
 
 import os
 
+checkpoints_list = {}  # title -> CheckpointInfo, as the WebUI lists models/Stable-diffusion
+
 
 class CheckpointInfo:
     def __init__(self, filename, sha256, ckpt_dir="models/Stable-diffusion"):

@@ -10,10 +10,11 @@ from modules import shared
 
 
 class CFGDenoiser:
-    def __init__(self, inner_model, total_steps):
+    def __init__(self, inner_model, total_steps, p=None):
         self.inner_model = inner_model  # (x, sigma, cond, image_cond) -> denoised
         self.step = 0
         self.total_steps = total_steps
+        self.p = p
 
     def forward(self, x, sigma, uncond, cond, cond_scale, image_cond=None):
         batch = x.shape[0]
@@ -22,6 +23,8 @@ class CFGDenoiser:
         image_cond_in = None if image_cond is None else torch.cat([image_cond, image_cond])
         skip_uncond = shared.opts.skip_early_cond != 0 and self.step / self.total_steps <= shared.opts.skip_early_cond
         if skip_uncond:
+            if self.p is not None:  # as the WebUI does: the setting lands in the infotext
+                self.p.extra_generation_params["Skip Early CFG"] = shared.opts.skip_early_cond
             x_in = x_in[:-batch]
             sigma_in = sigma_in[:-batch]
         cond_in = cond if skip_uncond else torch.cat([cond, uncond])

@@ -6,7 +6,8 @@ from modules.options import OptionInfo, Options, options_section  # noqa: F401 (
 
 options_templates = {
     "sd_unet": OptionInfo("Automatic", "SD Unet", section=("sd", "Stable Diffusion")),
-    "skip_early_cond": OptionInfo(0.0, "Ignore negative prompt during early sampling", section=("sd", "SD")),
+    "skip_early_cond": OptionInfo(0.0, "Ignore negative prompt during early sampling", section=("sd", "SD"),
+                                  infotext="Skip Early CFG"),
     "batch_cond_uncond": OptionInfo(True, "Batch cond/uncond", section=("optimizations", "Optimizations")),
     "s_min_uncond": OptionInfo(0.0, "NGMS", section=("optimizations", "Optimizations")),
     "img2img_fix_steps": OptionInfo(False, "With img2img, do exactly the amount of steps", section=("img2img", "img2img")),
