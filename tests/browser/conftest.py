@@ -78,7 +78,7 @@ def webui(tmp_path_factory):
     """The page served on localhost, with ORT Turbo loaded and a tiny SD2 checkpoint as the loaded model."""
     os.environ["ORT_TURBO_HOME"] = str(tmp_path_factory.mktemp("artefacts"))
     os.environ["ORT_TURBO_DATA"] = str(tmp_path_factory.mktemp("ort-turbo-data"))
-    from modules import sd_models, shared
+    from modules import sd_models, sd_unet, shared
 
     shared.data_path = str(tmp_path_factory.mktemp("webui-data"))
     fixtures = _load("webui_fixtures", REPO / "tests" / "webui" / "conftest.py")
@@ -86,6 +86,7 @@ def webui(tmp_path_factory):
     model = fixtures.StubSdModel("tiny-sd2", "models/Stable-diffusion/turbo/tiny-sd2.safetensors")
     shared.sd_model = model
     sd_models.checkpoints_list[model.sd_checkpoint_info.title] = model.sd_checkpoint_info
+    sd_unet.list_unets()
 
     page = _load("webui_page", Path(__file__).with_name("webui_page.py"))
     received = page.Received()
