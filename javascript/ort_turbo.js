@@ -1,35 +1,13 @@
-// ORT Turbo: the "Apply Turbo preset" button fills the page's own controls, so the user sees what will run.
-// Euler a + SGM Uniform, CFG scale 1, 1-4 steps. Never Align Your Steps or DDIM (broken at 1 step).
-function ortTurboSetValue(elemId, value) {
-    const root = gradioApp().getElementById(elemId);
-    if (!root) return false;
-    const input = root.querySelector("input[type=number]") || root.querySelector("input") || root.querySelector("textarea");
-    if (!input) return false;
-    input.value = value;
-    updateInput(input);
-    const range = root.querySelector("input[type=range]");
-    if (range && range !== input) {
-        range.value = value;
-        updateInput(range);
-    }
-    return true;
-}
-
-function ortTurboSetDropdown(elemId, value) {
-    const root = gradioApp().getElementById(elemId);
-    const input = root && root.querySelector("input");
-    if (!input) return false;
-    input.value = value;
-    updateInput(input);
-    return true;
-}
-
-function ortTurboApplyPreset(tab, steps) {
-    const n = parseInt(steps, 10);
-    const clamped = Math.min(4, Math.max(1, isNaN(n) ? 1 : n));
-    ortTurboSetValue(tab + "_steps", clamped);
-    ortTurboSetValue(tab + "_cfg_scale", 1);
-    ortTurboSetDropdown(tab + "_sampling", "Euler a");
-    ortTurboSetDropdown(tab + "_scheduler", "SGM Uniform");
-    return [];
-}
+// ORT Turbo: hover tooltips for its accordion and tab, through the WebUI's `titles` (javascript/hints.js).
+// The Turbo preset is applied by the server (lib_ort/webui/ui.py): a value written into a Gradio 3.41
+// dropdown from JavaScript shows in the box but is not what Generate sends.
+(function() {
+    if (typeof titles !== "object" || titles === null) return;
+    Object.assign(titles, {
+        "Apply Turbo preset": "Sets Sampling method Euler a, Schedule type SGM Uniform, CFG Scale 1 and the chosen Turbo steps",
+        "Turbo steps": "SD-Turbo and SDXL-Turbo make an image in 1 to 4 steps; more steps add detail",
+        "CFG-free at CFG scale <= 1": "At CFG scale 1 the negative prompt does not change the image: skip its half of every UNet call (about twice as fast)",
+        "Export loaded checkpoint": "Export and optimize the loaded checkpoint's UNet for the chosen provider (minutes, once per checkpoint and provider)",
+        "Export VAE": "Export and optimize the loaded VAE for the chosen provider; it runs while ORT Turbo is the SD Unet",
+    });
+})();

@@ -31,8 +31,9 @@ REPO = Path(__file__).resolve().parents[2]
 SAMPLERS = ["DPM++ 2M", "Euler a", "Euler", "DDIM"]
 SCHEDULERS = ["Automatic", "Uniform", "Karras", "SGM Uniform", "Align Your Steps", "Simple", "DDIM"]
 
-# what the WebUI's script.js gives extension JavaScript (only what ours may use)
+# what the WebUI's script.js and hints.js give extension JavaScript (only what ours may use)
 HARNESS_JS = """
+var titles = {};
 function gradioApp() {
     const app = document.getElementsByTagName('gradio-app');
     const root = app.length ? (app[0].shadowRoot || app[0]) : document;
