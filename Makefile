@@ -1,7 +1,9 @@
 # make bench: set up .venv and benchmark one SD-Turbo-size UNet call (random weights) on ORT CPU.
 # make test:  set up both environments and run the CPU test suite (what CI runs).
 #   .venv        engine + Olive toolchain (requirements-dev.txt)
-#   .venv-webui  a WebUI-v1.10.1-like environment for the adapter tests (requirements-webui.txt)
+#   .venv-webui  a WebUI-v1.10.1-like environment for the adapter and browser tests (requirements-webui.txt)
+# The browser tests drive headless Chromium (Debian packages chromium, chromium-driver; installed with
+# apt-get when missing, as root or through sudo). Without them the tests fail; they never skip.
 VENV ?= .venv
 WEBUI_VENV ?= .venv-webui
 PY := $(VENV)/bin/python
@@ -10,7 +12,9 @@ STAMP := $(VENV)/.ort-turbo-setup
 WEBUI_STAMP := $(WEBUI_VENV)/.ort-turbo-setup
 SDKIT := stable-diffusion-sdkit==2.1.5
 
-.PHONY: setup setup-webui test test-engine test-webui test-js bench clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup setup-webui chromium test test-engine test-webui test-browser test-js screenshots bench clean
 
 setup: $(STAMP)
 
@@ -28,13 +32,27 @@ $(WEBUI_STAMP): requirements-webui.txt
 	$(WEBUI_PY) -m pip install -q --no-deps $(SDKIT)
 	touch $(WEBUI_STAMP)
 
-test: test-js test-engine test-webui
+test: test-js test-engine test-webui test-browser
 
 test-engine: setup
-	$(PY) -m pytest -q tests --ignore=tests/webui
+	$(PY) -m pytest -q tests --ignore=tests/webui --ignore=tests/browser
 
 test-webui: setup setup-webui
 	ORT_TURBO_TOOLCHAIN_PYTHON=$(abspath $(PY)) $(WEBUI_PY) -m pytest -q -p no:cacheprovider tests/webui
+
+chromium:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		$(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium chromium-driver; \
+	fi
+	@chromium --version && chromedriver --version || \
+		{ echo "the browser tests need chromium and chromedriver (Debian: apt-get install chromium chromium-driver)" >&2; exit 1; }
+
+test-browser: setup-webui chromium
+	$(WEBUI_PY) -m pytest -q -p no:cacheprovider tests/browser
+
+# the README's screenshots (docs/img), taken by the browser tests
+screenshots: setup-webui chromium
+	ORT_TURBO_SCREENSHOTS=docs/img $(WEBUI_PY) -m pytest -q -p no:cacheprovider tests/browser/test_tab.py
 
 test-js:
 	node --test tests/js/
