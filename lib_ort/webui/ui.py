@@ -29,14 +29,14 @@ TAB_ELEM_ID = "ort_turbo"  # the WebUI wraps the tab in a TabItem with elem_id "
 
 
 def _checkpoint_titles() -> dict[str, str]:
-    """sha256 -> the WebUI's checkpoint title ("name.safetensors [hash10]") for every checkpoint it has hashed."""
+    """sha256 -> the WebUI's checkpoint title ("name.safetensors [hash10]") for every checkpoint it has hashed
+    (the loaded one always). Never ``shared.sd_model``: in the WebUI reading it loads a checkpoint."""
     try:
-        from modules import sd_models, shared
+        from modules import sd_models
     except ImportError:
         return {}
-    infos = list(getattr(sd_models, "checkpoints_list", {}).values())
-    loaded = getattr(shared.sd_model, "sd_checkpoint_info", None) if shared.sd_model is not None else None
-    return {info.sha256: info.title for info in [*infos, loaded] if getattr(info, "sha256", None)}
+    return {info.sha256: info.title for info in list(getattr(sd_models, "checkpoints_list", {}).values())
+            if getattr(info, "sha256", None)}
 
 
 def _table():
