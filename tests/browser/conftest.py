@@ -191,6 +191,7 @@ def page(browser, webui):
 
     shared.opts.data.clear()
     webui.received.jobs.clear()
+    webui.received.pasted.clear()
     browser.get(webui.url)
     p = Page(browser, webui)
     p.el("#txt2img_generate", timeout=60)

@@ -43,5 +43,5 @@ def test_the_vae_note_pastes_back_cleanly(page):
     assert "export the VAE in the ORT Turbo tab" in comments
     page.type_into("#txt2img_prompt", job["infotext"])
     page.click("#txt2img_paste")
-    page.wait(lambda: page.js("return document.querySelector('#txt2img_prompt textarea').value") == "",
-              "the paste to fill the prompt")
+    pasted = page.wait(lambda: page.webui.received.pasted, "the paste")[-1]
+    assert pasted["ORT Turbo VAE"] == "PyTorch (no export)" and pasted["Steps"] == "20"

@@ -82,6 +82,7 @@ class Received:
 
     def __init__(self):
         self.jobs: list[dict] = []
+        self.pasted: list[dict] = []  # what the paste button parsed
 
 
 def _generation_tab(tabname: str, script, received: Received, current: list):
@@ -126,6 +127,7 @@ def _generation_tab(tabname: str, script, received: Received, current: list):
 
         def pasted(text):
             params = parse_generation_parameters(text)
+            received.pasted.append(params)
             updates = []
             for component, key in fields:
                 value = key(params) if callable(key) else params.get(key)
