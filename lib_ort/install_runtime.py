@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .install_layout import Layout, read_marker, remove_tree, write_marker
 from .runtime_packages import (CUDNN9_FOLDER, REPLACE_ENV, Decision, Host, decide, freeze_constraints, normalize,
-                               probe_host)
+                               probe_host, quoted)
 
 PREFIX = "[ORT Turbo]"
 #: Keep a launch without network short: pip's default retries take minutes to give up.
@@ -97,7 +97,8 @@ def run(pip, *, python: str = sys.executable, pins_file: str | os.PathLike | Non
     failures = []
     if decision.uninstall:
         try:
-            pip(f"uninstall -y {' '.join(decision.uninstall)}", f"removing {', '.join(decision.uninstall)} ({REPLACE_ENV}=1)")
+            pip(f"uninstall -y {' '.join(decision.uninstall)}",
+                f"removing {', '.join(decision.uninstall)} ({REPLACE_ENV}=1)")
         except RuntimeError as e:
             failures.append(f"uninstalling {', '.join(decision.uninstall)}: {e}")
     if not failures and (decision.deps or decision.install):
@@ -131,8 +132,9 @@ def _install_runtime(decision: Decision, host: Host, pip) -> list[str]:
         held = f'-c "{constraints.name}" {NETWORK_ARGS}'
         steps = []
         if decision.deps:
-            steps.append((" ".join(f'"{r}"' for r in decision.deps), "", "ONNX Runtime's requirements"))
-        steps += [(f'"{r}"', "--no-deps " if decision.no_deps else "", f"ONNX Runtime ({r})") for r in decision.install]
+            steps.append((quoted(decision.deps), "", "ONNX Runtime's requirements"))
+        flags = "--no-deps " if decision.no_deps else ""
+        steps += [(quoted([r]), flags, f"ONNX Runtime ({r})") for r in decision.install]
         for requirements, flags, desc in steps:
             try:
                 pip(f"install {flags}{requirements} {held}", desc)

@@ -180,9 +180,8 @@ def choose(host: Host) -> Choice:
         """The CPU runtime; ``alone``: the reason is the one line that says what and why."""
         choice = Choice("cpu", "onnxruntime", MIN_ORT, cap)
         if alone:
-            return dataclasses.replace(choice, reasons=(f"{reason}: CPU runtime {choice.requirement}"
-                                                        + (f" (below 1.27, which would need a newer protobuf than {_fmt(pb)})"
-                                                           if cap else ""),))
+            below = f" (below 1.27, which would need a newer protobuf than {_fmt(pb)})" if cap else ""
+            return dataclasses.replace(choice, reasons=(f"{reason}: CPU runtime {choice.requirement}{below}",))
         return dataclasses.replace(choice, reasons=tuple(why + [f"{reason}: CPU runtime"]))
 
     cuda = host.torch_cuda
@@ -274,8 +273,8 @@ def decide(host: Host, *, replace: bool = False, python: str = "PYTHON") -> Deci
     problem = _conflict_text(variants, choice, host)
     commands = [f"{pip} uninstall -y {' '.join(variants)}"]
     if choice.deps:
-        commands.append(f"{pip} install {' '.join(_quoted(choice.deps))}")
-    commands.append(f"{pip} install {'--no-deps ' if choice.no_deps else ''}\"{choice.requirement}\"")
+        commands.append(f"{pip} install {quoted(choice.deps)}")
+    commands.append(f"{pip} install {'--no-deps ' if choice.no_deps else ''}{quoted([choice.requirement])}")
     also_cpu = " (other extensions that import onnxruntime keep working; onnxruntime-gpu and " \
                "onnxruntime-directml also run on the CPU)" if choice.ep != "cpu" else ""
     advice = (
@@ -292,8 +291,9 @@ def decide(host: Host, *, replace: bool = False, python: str = "PYTHON") -> Deci
     return Decision(choice, "conflict", reasons=tuple(reasons + [problem]), advice=advice)
 
 
-def _quoted(requirements) -> list[str]:
-    return [f'"{r}"' for r in requirements]
+def quoted(requirements) -> str:
+    """Requirements as pip's command line takes them (``>`` and ``<`` would redirect in a shell)."""
+    return " ".join(f'"{r}"' for r in requirements)
 
 
 # ---------------------------------------------------------------------------------------------

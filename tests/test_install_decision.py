@@ -76,8 +76,8 @@ def test_protobuf_pin_caps_every_package_below_1_27_except_the_no_deps_route():
 HOSTS = [host(os=os_name, torch=torch, cuda=cuda, cudnn=cudnn, python=python, pins=pins, nvidia_driver=driver, **extra)
          for os_name, (torch, cuda, cudnn, extra), python, pins, driver in itertools.product(
              ("linux", "windows", "darwin"),
-             [(None, None, None, {}), ("2.1.2+cpu", None, None, {}), ("2.1.2+rocm5.6", None, None, {"torch_hip": "5.6"}),
-              ("2.0.0", None, None, {"torch_directml": True}), ("1.12.1+cu102", (10, 2), 7, {}),
+             [(None, None, None, {}), ("2.1.2+cpu", None, None, {}),
+              ("2.1.2+rocm5.6", None, None, {"torch_hip": "5.6"}), ("2.0.0", None, None, {"torch_directml": True}), ("1.12.1+cu102", (10, 2), 7, {}),
               ("2.0.1+cu118", (11, 8), 8, {}), ("2.1.2+cu121", (12, 1), 8, {}), ("2.7.0+cu128", (12, 8), 9, {}),
               ("2.9.0+cu130", (13, 0), 9, {}), ("3.0.0+cu140", (14, 0), 9, {})],
              ((3, 10), (3, 11), (3, 12)), (WEBUI_PINS, {}, {"protobuf": "3.20.0", "numpy": "1.19.0"}),
