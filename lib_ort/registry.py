@@ -49,11 +49,13 @@ def _version_tuple(text: str) -> tuple[int, ...]:
 
 
 def runtime_ort_version() -> str | None:
+    """The importable ONNX Runtime's version; None when it is missing or its import fails (any exception:
+    a broken install must not make listing artefacts fail; running one says why)."""
     try:
         import onnxruntime
 
         return onnxruntime.__version__
-    except ImportError:
+    except Exception:
         return None
 
 

@@ -24,7 +24,7 @@ import torch
 
 from modules import sd_unet, shared
 
-from ..errors import ArtefactError, OrtTurboError, UnsupportedInput
+from ..errors import OrtTurboError, UnsupportedInput
 from ..recipes import vae_precision
 from ..vae import GuardedDecoder, OrtVae
 from ..vae_export import export_vae
@@ -84,18 +84,23 @@ def export_loaded_vae(ep: str, *, precision: str | None = None, fp32_fallback: b
     ``fp32_fallback``, an fp32 artefact is made too, so the NaN guard decodes again on ONNX Runtime.
     The WebUI's queue lock is held only while the VAE is traced (seconds).
     """
-    from modules import call_queue
-
     report = progress or (lambda fraction, message: None)
     if ep not in settings.PROVIDERS.values():
         raise OrtTurboError(f"unknown provider {ep!r}; choose one of {', '.join(settings.PROVIDERS.values())}")
-    sd_model = shared.sd_model
-    if sd_model is None:
-        raise OrtTurboError("no checkpoint is loaded")
+    sd_model = service.loaded_model()
+    service.check_runtime(ep)
     precision = precision or wanted_precision(ep)
-    reg = service.registry()
     checkpoint = service.checkpoint_record(sd_model.sd_checkpoint_info)
     record = vae_record(sd_model)
+    with service.one_export(f"the VAE {record['name']} for {ep}"):
+        return _export_vae(sd_model, checkpoint, record, ep, precision, fp32_fallback, report)
+
+
+def _export_vae(sd_model, checkpoint: dict, record: dict, ep: str, precision: str, fp32_fallback: bool,
+                report) -> dict:
+    from modules import call_queue
+
+    reg = service.registry()
     service.log(f"exporting the VAE ({record['name']}) for {ep} in {precision}")
     scratch = reg.new_work_folder("export-vae")
     try:
@@ -123,6 +128,8 @@ def add_routes(app) -> None:
     """``POST /ort-turbo/v1/export-vae`` ``{"provider": "Automatic" | "CUDA" | "cuda" | ...}``."""
     from fastapi import Body, HTTPException
 
+    from .api import http_status
+
     def export(body: dict = Body(...)):
         choice = (body or {}).get("provider", "Automatic")
         if choice in settings.PROVIDER_CHOICES:
@@ -135,7 +142,7 @@ def add_routes(app) -> None:
         try:
             return export_loaded_vae(ep, precision=(body or {}).get("precision"))
         except (OrtTurboError, ValueError) as exc:
-            raise HTTPException(409 if "no checkpoint" in str(exc) else 500, str(exc)) from exc
+            raise HTTPException(http_status(exc), str(exc)) from exc
 
     app.add_api_route("/ort-turbo/v1/export-vae", export, methods=["POST"])
 
@@ -316,8 +323,11 @@ def before_job(p) -> None:
         return
     try:
         fast, fp32, record, why = _find(sd_model)
-    except (ArtefactError, OrtTurboError) as exc:  # a broken artefact is worth a line in the console
+    except OrtTurboError as exc:  # a broken artefact or no runtime is worth a line in the console
         fast, why = None, str(exc)
+        service.log(f"PyTorch VAE used: {why}")
+    except Exception as exc:  # whatever else: the PyTorch VAE decodes, the reason is shown
+        fast, why = None, f"ORT Turbo could not set up the VAE ({type(exc).__name__}: {exc})"
         service.log(f"PyTorch VAE used: {why}")
     if fast is None:
         _job.unavailable = why
