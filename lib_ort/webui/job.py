@@ -121,6 +121,7 @@ class Job:
         self.vae: VaeScope | None = None
         self.sd_model = None
         self.warned = False
+        self.unwrap_close = None
 
     def ran_on_ort(self, artefact) -> None:
         self.ort_calls += 1
@@ -184,16 +185,32 @@ def start_job(p, cfg_free: bool) -> Job:
 
 
 def _restore_on_close(p, job: Job) -> None:
-    """``p.close()`` runs when the job ends, also on errors: restore there too."""
+    job.unwrap_close = run_on_close(p, job.restore)
+
+
+def run_on_close(p, undo):
+    """Run ``undo`` when ``p.close()`` runs (the WebUI calls it when a job ends, also on errors), before
+    the WebUI's own close. Returns what puts ``p.close`` back as it was (for an unloaded extension)."""
+    saved = vars(p).get("close", _MISSING)
     original = p.close
 
     def close(*args, **kwargs):
         try:
-            job.restore()
+            undo()
         finally:
             return original(*args, **kwargs)
 
     p.close = close
+
+    def unwrap():
+        if vars(p).get("close") is not close:
+            return  # wrapped again since, by someone else: leave theirs; ours only runs ``undo`` (idempotent)
+        if saved is _MISSING:
+            del p.close
+        else:
+            p.close = saved
+
+    return unwrap
 
 
 def _comment(p, text: str) -> None:
@@ -244,3 +261,12 @@ def after_batch(p) -> None:
 
 def finish_job() -> None:
     current_job().restore()
+
+
+def unload() -> None:
+    """The extension is unloaded or disabled: put back every option, the VAE dtype and ``p.close``."""
+    job = current_job()
+    job.restore()
+    if job.unwrap_close is not None:
+        job.unwrap_close()
+        job.unwrap_close = None

@@ -30,6 +30,7 @@ from ..vae import GuardedDecoder, OrtVae
 from ..vae_export import export_vae
 from ..vae_pipeline import find_vae_artefact, optimize_vae_export
 from . import service, settings
+from .job import run_on_close
 
 INFOTEXT_KEY = "ORT Turbo VAE"
 _MISSING = object()
@@ -183,6 +184,9 @@ class VaeRoute:
         self.ort_calls = 0
         self.torch_calls = 0
         self.notes: list[str] = []
+        # live previews decode from the progress API's thread while the job decodes or encodes: one at a time,
+        # so the NaN guard's fp32 retry never changes the VAE's dtype under the other call
+        self.lock = threading.RLock()
 
     # installing ------------------------------------------------------------------------------------
 
@@ -212,6 +216,14 @@ class VaeRoute:
         return sd_unet.current_unet is None or is_ours_active()
 
     def decode(self, z, *args, **kwargs):
+        with self.lock:
+            return self._decode(z, *args, **kwargs)
+
+    def encode(self, x, *args, **kwargs):
+        with self.lock:
+            return self._encode(x, *args, **kwargs)
+
+    def _decode(self, z, *args, **kwargs):
         if args or kwargs or not self.serving():
             return self._torch("decode", None, z, *args, **kwargs)
         try:
@@ -223,7 +235,7 @@ class VaeRoute:
         except Exception as exc:  # an ONNX Runtime failure must not end the user's generation
             return self._torch("decode", f"ONNX Runtime failed ({type(exc).__name__}: {exc})", z)
 
-    def encode(self, x, *args, **kwargs):
+    def _encode(self, x, *args, **kwargs):
         if args or not self.serving() or set(kwargs) - {"return_reg_log", "unregularized"}:
             return self._torch("encode", None, x, *args, **kwargs)
         try:
@@ -286,6 +298,7 @@ class VaeRoute:
 class _Job:
     route: VaeRoute | None = None
     unavailable: str | None = None
+    unwrap_close = None
 
 
 _job = _Job()
@@ -332,21 +345,9 @@ def before_job(p) -> None:
     if fast is None:
         _job.unavailable = why
         return
+    _job.unwrap_close = run_on_close(p, finish_job)
     _job.route = VaeRoute(sd_model, fast, fp32, record)
     _job.route.install()
-    _restore_on_close(p)
-
-
-def _restore_on_close(p) -> None:
-    original = p.close
-
-    def close(*args, **kwargs):
-        try:
-            finish_job()
-        finally:
-            return original(*args, **kwargs)
-
-    p.close = close
 
 
 def after_batch(p) -> None:
@@ -364,6 +365,15 @@ def finish_job() -> None:
         _job.route.restore()
     _job.route = None
     _job.unavailable = None
+
+
+def unload() -> None:
+    """The extension is unloaded or disabled: the WebUI's own decode/encode and ``p.close`` again, no sessions."""
+    finish_job()
+    if _job.unwrap_close is not None:
+        _job.unwrap_close()
+        _job.unwrap_close = None
+    forget_sessions()
 
 
 def forget_sessions() -> None:
