@@ -126,6 +126,7 @@ def fresh_webui(extension, sd2_model):
     from lib_ort.webui.job import VaeScope
 
     VaeScope.reverted_by_webui = False
+    VaeScope.reverted_to = torch.float32
     sd_unet.list_unets()
     sd_unet.apply_unet("None")
     yield shared
