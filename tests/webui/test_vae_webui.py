@@ -293,6 +293,7 @@ def test_no_onnxruntime_the_pytorch_vae_decodes_and_says_why(webui, extension, v
     from test_robustness import onnxruntime_import
 
     shared.opts.data["sd_unet"] = LABEL
+    ort_vae.forget_sessions()  # as in a fresh WebUI: no VAE session made before onnxruntime went missing
     with onnxruntime_import("missing"):
         p, processed = run(extension, steps=1, cfg_scale=1.0)
     assert webui["decoder"] == 1 and torch.isfinite(processed.images[0]).all()
