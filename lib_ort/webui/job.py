@@ -180,7 +180,7 @@ def start_job(p, cfg_free: bool) -> Job:
     job.vae = VaeScope()
     for note in job.vae.apply(job.sd_model):
         service.log(note)
-        _comment(p, f"ORT Turbo: {note}")
+        comment_under_image(p, f"ORT Turbo: {note}")
     return job
 
 
@@ -213,7 +213,7 @@ def run_on_close(p, undo):
     return unwrap
 
 
-def _comment(p, text: str) -> None:
+def comment_under_image(p, text: str) -> None:
     if hasattr(p, "comment"):
         p.comment(text)
 
@@ -256,7 +256,7 @@ def after_batch(p) -> None:
         p.extra_generation_params[INFOTEXT_KEY] = text
     if job.fallback_calls and not job.warned:
         job.warned = True
-        _comment(p, f"ORT Turbo: the PyTorch UNet ran ({'; '.join(job.reasons)})")
+        comment_under_image(p, f"ORT Turbo: the PyTorch UNet ran ({'; '.join(job.reasons)})")
 
 
 def finish_job() -> None:

@@ -30,7 +30,7 @@ from ..vae import GuardedDecoder, OrtVae
 from ..vae_export import export_vae
 from ..vae_pipeline import find_vae_artefact, optimize_vae_export
 from . import service, settings
-from .job import run_on_close
+from .job import comment_under_image, run_on_close
 
 INFOTEXT_KEY = "ORT Turbo VAE"
 _MISSING = object()
@@ -298,6 +298,7 @@ class VaeRoute:
 class _Job:
     route: VaeRoute | None = None
     unavailable: str | None = None
+    failed = False  # ``unavailable`` is an error, not just "no export"
     unwrap_close = None
 
 
@@ -338,11 +339,13 @@ def before_job(p) -> None:
         fast, fp32, record, why = _find(sd_model)
     except OrtTurboError as exc:  # a broken artefact or no runtime is worth a line in the console
         fast, why = None, str(exc)
-        service.log(f"PyTorch VAE used: {why}")
+        _job.failed = True
     except Exception as exc:  # whatever else: the PyTorch VAE decodes, the reason is shown
         fast, why = None, f"ORT Turbo could not set up the VAE ({type(exc).__name__}: {exc})"
-        service.log(f"PyTorch VAE used: {why}")
+        _job.failed = True
     if fast is None:
+        if _job.failed:
+            service.log(f"PyTorch VAE used: {why}")
         _job.unavailable = why
         return
     _job.unwrap_close = run_on_close(p, finish_job)
@@ -358,6 +361,11 @@ def after_batch(p) -> None:
         text = f"PyTorch; {_job.unavailable}"
     if text:
         p.extra_generation_params[INFOTEXT_KEY] = text
+    # a failure (not a missing export, which the infotext names) is said under the image too
+    failures = [f"PyTorch VAE used: {_job.unavailable}"] if route is None and _job.failed else [
+        n for n in (route.notes if route is not None else []) if n.startswith("PyTorch VAE")]
+    for failure in failures:
+        comment_under_image(p, f"ORT Turbo: {failure}")
 
 
 def finish_job() -> None:
@@ -365,6 +373,7 @@ def finish_job() -> None:
         _job.route.restore()
     _job.route = None
     _job.unavailable = None
+    _job.failed = False
 
 
 def unload() -> None:

@@ -464,3 +464,23 @@ def test_the_webuis_nan_revert_stands_for_the_session_bfloat16_too(fresh_webui, 
         p.step_callback = lambda i: seen.append(devices.dtype_vae)
         assert torch.isfinite(run_job(p).images[0]).all()
     assert seen == [expected, expected] and devices.dtype_vae == expected
+
+
+def test_an_onnx_runtime_error_mid_job_finishes_the_job_on_pytorch(fresh_webui, exported, extension, monkeypatch):
+    from lib_ort.unet import OrtUnet
+
+    real = OrtUnet.__call__
+    calls = []
+
+    def fails_from_the_second_call(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("CUDA out of memory")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(OrtUnet, "__call__", fails_from_the_second_call)
+    shared.opts.data["sd_unet"] = LABEL
+    p, processed = run(extension, steps=3)
+    text = processed.infotexts[0]
+    assert "ORT Turbo: partly PyTorch: ONNX Runtime failed (RuntimeError: CUDA out of memory)" in text, text
+    assert torch.isfinite(processed.images[0]).all()

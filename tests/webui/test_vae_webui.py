@@ -298,6 +298,7 @@ def test_no_onnxruntime_the_pytorch_vae_decodes_and_says_why(webui, extension, v
         p, processed = run(extension, steps=1, cfg_scale=1.0)
     assert webui["decoder"] == 1 and torch.isfinite(processed.images[0]).all()
     assert "ORT Turbo VAE: PyTorch; ONNX Runtime cannot be imported" in processed.infotexts[0]
+    assert any("PyTorch VAE used: ONNX Runtime cannot be imported" in c for c in p.comments), p.comments
     assert no_patch_left(vae_model)
 
 
@@ -331,3 +332,20 @@ def test_unloading_the_extension_mid_job_undoes_every_patch(webui, extension, va
     assert seen["after"] == ("absent", dtype_before, False, True, None, [])
     assert torch.isfinite(processed.images[0]).all()  # the rest of the job ran on the WebUI's own UNet and VAE
     assert vae_model.first_stage_model.decoder.conv_in.weight.dtype == dtype_before
+
+
+def test_an_onnx_runtime_error_while_decoding_is_a_pytorch_decode_with_the_reason(webui, extension, vae_model,
+                                                                                   monkeypatch):
+    from lib_ort.vae import OrtVae
+
+    def failing(self, *args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(OrtVae, "_run", failing)
+    shared.opts.data["sd_unet"] = LABEL
+    p, processed = run(extension, steps=1, cfg_scale=1.0)
+    assert webui["decoder"] == 1 and torch.isfinite(processed.images[0]).all()
+    reason = "ONNX Runtime failed (RuntimeError: CUDA error: an illegal memory access was encountered)"
+    assert reason in processed.infotexts[0]
+    assert any(reason in c for c in p.comments), p.comments
+    assert no_patch_left(vae_model)
