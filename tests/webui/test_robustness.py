@@ -285,7 +285,7 @@ def test_disk_full_while_writing_an_export(client, exported, monkeypatch):
     registry_valid(exported["id"])
 
 
-def test_an_export_killed_midway_leaves_nothing_half_made(fresh_webui, exported, tmp_path):
+def test_an_export_killed_midway_leaves_nothing_half_made(fresh_webui, tmp_path):
     """A real process, killed while it traces; then the same export in this process works."""
     from lib_ort.architectures import build_unet
     from lib_ort.registry import Registry
@@ -300,9 +300,9 @@ def test_an_export_killed_midway_leaves_nothing_half_made(fresh_webui, exported,
         "ensure_export(build_unet('tiny-sd2', seed=0), Registry(sys.argv[2]), {'hash': 'ab' * 32, 'name': 'k'});"
         "print('finished')"), str(REPO), str(reg.root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     exports = reg.root / "exports"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (exports.is_dir() and any(exports.glob(".export-*/*"))):
-        time.sleep(0.05)
+    deadline = time.monotonic() + 120  # its staging folder appears when the trace starts (after torch's import)
+    while time.monotonic() < deadline and child.poll() is None and not (exports.is_dir() and any(exports.glob(".export-*"))):
+        time.sleep(0.01)
     child.kill()
     out, _ = child.communicate()
     assert b"finished" not in out, "the export finished before it could be killed"
@@ -484,3 +484,15 @@ def test_an_onnx_runtime_error_mid_job_finishes_the_job_on_pytorch(fresh_webui, 
     text = processed.infotexts[0]
     assert "ORT Turbo: partly PyTorch: ONNX Runtime failed (RuntimeError: CUDA out of memory)" in text, text
     assert torch.isfinite(processed.images[0]).all()
+
+
+def test_the_tab_says_why_it_will_not_export(fresh_webui, no_toolchain):
+    import gradio as gr
+
+    from lib_ort.webui import ui
+
+    with onnxruntime_import("missing"):
+        with pytest.raises(gr.Error, match="ONNX Runtime cannot be imported"):
+            ui.export_clicked("CPU", progress=lambda *a, **k: None)
+        with pytest.raises(gr.Error, match="ONNX Runtime cannot be imported"):
+            ui.export_vae_clicked("CPU", progress=lambda *a, **k: None)
