@@ -50,6 +50,11 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", text.split("+")[0])[:3])
 
 
+def version_at_least(have: str, need: str) -> bool:
+    """``have`` >= ``need`` for versions like "1.17.0" or "1.20.1+cu12" (major, minor, patch)."""
+    return _version_tuple(have) >= _version_tuple(need)
+
+
 def runtime_ort_version() -> str | None:
     """The importable ONNX Runtime's version; None when it is missing or its import fails (any exception:
     a broken install must not make listing artefacts fail; running one says why)."""
@@ -242,7 +247,7 @@ class Registry:
                     "(truncated or replaced). Export again.")
         need = manifest.get("min_runtime_ort")
         have = runtime_ort_version()
-        if need and have and _version_tuple(have) < _version_tuple(need):
+        if need and have and not version_at_least(have, need):
             raise ArtefactError(
                 f"{folder.name}: needs ONNX Runtime {need} or newer for its {manifest['ep']} ops; "
                 f"this WebUI has {have}. Update onnxruntime or export again.")

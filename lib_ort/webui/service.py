@@ -109,12 +109,12 @@ def check_runtime(ep: str) -> None:
     WebUI itself has no (or no fitting) ONNX Runtime: this is checked first, in the WebUI's process.
     """
     from ..optimize import MIN_RUNTIME_ORT
-    from ..registry import _version_tuple
+    from ..registry import version_at_least
     from ..sessions import import_onnxruntime, require_provider
 
     require_provider(ep)
     have = import_onnxruntime().__version__
-    if _version_tuple(have) < _version_tuple(MIN_RUNTIME_ORT[ep]):
+    if not version_at_least(have, MIN_RUNTIME_ORT[ep]):
         raise RuntimeUnavailable(f"the {ep} export needs ONNX Runtime {MIN_RUNTIME_ORT[ep]} or newer in the WebUI; "
                                  f"it has {have}. Update onnxruntime, then export.")
     if ep in ("cuda", "tensorrt"):

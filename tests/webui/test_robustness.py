@@ -496,3 +496,17 @@ def test_the_tab_says_why_it_will_not_export(fresh_webui, no_toolchain):
             ui.export_clicked("CPU", progress=lambda *a, **k: None)
         with pytest.raises(gr.Error, match="ONNX Runtime cannot be imported"):
             ui.export_vae_clicked("CPU", progress=lambda *a, **k: None)
+
+
+def test_export_refused_for_an_old_runtime_or_a_gpu_provider_without_a_gpu(client, no_toolchain, monkeypatch):
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "__version__", "1.15.1")
+    old = client.post("/ort-turbo/v1/export", json={"provider": "cpu"})
+    assert old.status_code == 503 and "needs ONNX Runtime 1.16.0 or newer in the WebUI; it has 1.15.1" in old.text
+    monkeypatch.undo()
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    gpu = client.post("/ort-turbo/v1/export", json={"provider": "cuda"})
+    assert gpu.status_code == 503 and "this WebUI's torch sees none" in gpu.json()["detail"]
