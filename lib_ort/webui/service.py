@@ -143,7 +143,10 @@ def one_export(what: str):
         raise ExportBusy(_export_running[0] or "another export")
     _export_running[0] = what
     try:
-        registry().sweep()  # what an export killed more than a day ago left behind
+        try:
+            registry().sweep()  # what an export killed more than a day ago left behind
+        except OSError as exc:  # tidying up must never stop the export itself
+            log(f"could not remove old temporary folders ({exc})")
         yield
     except Exception as exc:
         if _out_of_space(exc):
