@@ -20,7 +20,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from .errors import OrtTurboError
+from .errors import OrtTurboError, RuntimeUnavailable
 
 PROVIDER_NAMES = {
     "cpu": "CPUExecutionProvider",
@@ -146,21 +146,32 @@ def side_cudnn_directories() -> list[str]:
     return [str(lib)] if lib.is_dir() else []
 
 
+def import_onnxruntime():
+    """``onnxruntime``, or ``RuntimeUnavailable`` with why not (missing, or its import raised anything)."""
+    try:
+        import onnxruntime
+    except Exception as exc:
+        raise RuntimeUnavailable(
+            f"ONNX Runtime cannot be imported in this Python ({type(exc).__name__}: {exc}). Run the WebUI once "
+            "without --skip-install so ORT Turbo's install.py installs it, or pip install onnxruntime.") from exc
+    return onnxruntime
+
+
 def require_provider(ep: str) -> None:
-    """Raise ``OrtTurboError`` unless the installed ONNX Runtime offers the provider of ``ep``."""
-    import onnxruntime as ort
+    """Raise ``RuntimeUnavailable`` unless the installed ONNX Runtime offers the provider of ``ep``."""
+    ort = import_onnxruntime()
 
     wanted = PROVIDER_NAMES[ep]
     available = ort.get_available_providers()
     if wanted not in available:
-        raise OrtTurboError(
+        raise RuntimeUnavailable(
             f"this ONNX Runtime ({ort.__version__}) has no {wanted}; it has {', '.join(available)}. "
             "Install the matching onnxruntime package or choose another execution provider.")
 
 
 def create_session(model_path: str | os.PathLike, plan: SessionPlan):
     """Carry out ``plan``: an ``onnxruntime.InferenceSession`` on the planned provider, or an error."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     require_provider(plan.ep)
     wanted = plan.providers[0][0]
