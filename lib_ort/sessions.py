@@ -6,10 +6,12 @@ without their hardware, can still be inspected and tested; ``create_session`` an
 ``CudaRunner`` then only carry the plan out.
 
 * CPU: zero-copy numpy views of torch tensors, intra-op threads matching torch's.
-* CUDA: IO binding on torch CUDA tensors (no copies), torch's current stream as ORT's compute
-  stream, ``onnxruntime.preload_dlls()`` where it exists, and an optional static mode with CUDA
-  graphs: one ``gpu_graph_id`` per input shape, each with its own fixed buffers, instead of
-  rebuilding the session whenever the shape changes.
+* CUDA: IO binding on torch CUDA tensors (no copies), a dedicated non-zero torch stream as ORT's
+  compute stream, ordered against torch's by events (:class:`StreamOrder`), cuDNN 9 from a side folder
+  loaded by absolute path (``cuda_libraries``), the VRAM policy's options (``vram``), and an optional
+  static mode with CUDA graphs: one ``gpu_graph_id`` per input shape, each with its own fixed buffers,
+  all replayed from one thread (:class:`GraphPolicy`).
+* TensorRT: only when libnvinfer loads; profiles from what is asked for, else a small default.
 * A session that ONNX Runtime quietly created on another provider (what it does when the CUDA
   libraries fail to load) is refused with the reason, never used.
 """
@@ -487,13 +489,17 @@ class CudaRunner:
             run_options.add_run_config_entry(key, value)
         self.session.run_with_iobinding(binding, run_options)
 
+    def call(self, plan: BindingPlan) -> None:
+        """One session run of ``plan``, on the graph thread when there is one."""
+        if self.graph_thread is not None:
+            return self.graph_thread.call(lambda: self._run_bound(plan))
+        return self._run_bound(plan)
+
     def run(self, feeds: dict, output_shape: tuple, output_dtype):
         import torch
 
         plan, out = self.bindings_for(feeds, output_shape, output_dtype)
-        run = lambda: self._run_bound(plan)  # noqa: E731
-        if self.graph_thread is not None:
-            run = lambda: self.graph_thread.call(lambda: self._run_bound(plan))  # noqa: E731
+        run = lambda: self.call(plan)  # noqa: E731
         device = out.device
         inputs = list(feeds.values()) if plan.graph_id is None or plan.graph_id < 0 else list(self._static_inputs(feeds))
         run_ordered(self.plan.stream or stream_order(None), run, torch_stream=torch.cuda.current_stream(device),
