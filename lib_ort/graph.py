@@ -174,18 +174,22 @@ def fp32_time_embedding(model, export, input_name: str = "timestep") -> list[str
     producer = {o: n for n in source.node for o in n.output}
     inits = {t.name: t for t in source.initializer}
     made = {o for n in region for o in n.output}
-    constants, new_inits = [], []
-    for n in region:  # the region's constant inputs: Constant nodes or small embedded initializers
-        for i in n.input:
+    in_model = {o for n in graph.node for o in n.output} | {t.name for t in graph.initializer}
+    constants, new_inits, shared = [], [], set()
+    for n in region:  # the region's other inputs: constants are copied, shape tensors (e.g. the batch
+        for i in n.input:  # size an Expand broadcasts to) are read from the fp16 graph, where they live too
             if not i or i == input_name or i in made:
                 continue
-            if i in producer and producer[i].op_type == "Constant" and producer[i] not in constants:
-                constants.append(producer[i])
+            if i in producer and producer[i].op_type == "Constant":
+                if producer[i] not in constants:
+                    constants.append(producer[i])
             elif i in inits and inits[i].data_location != TensorProto.EXTERNAL:
                 new_inits.append(inits[i])
+            elif i in in_model and i not in inits:
+                shared.add(i)
             else:
-                return []  # computed from elsewhere: not a plain embedding, leave the graph alone
-    rename = lambda t: t if t == input_name else _PREFIX + t  # noqa: E731
+                return []  # not a plain embedding: leave the graph alone
+    rename = lambda t: t if t == input_name or t in shared else _PREFIX + t  # noqa: E731
     copies = []
     for n in constants + region:
         c = copy.deepcopy(n)
