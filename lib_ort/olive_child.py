@@ -112,8 +112,10 @@ def _fp32_time_embedding(model_path: Path, export_path: Path) -> list[str]:
 def _placement(model_path: Path, provider: str | None) -> dict | None:
     """The Memcpy count ORT gives this graph on a GPU provider, when this toolchain's ORT has it; on the
     CPU provider nothing is copied (no measurement needed)."""
-    if provider in (None, "CPUExecutionProvider"):
-        return {"memcpy_nodes": 0, "provider": "CPUExecutionProvider", "measured": False}
+    if provider is None:
+        return None
+    if provider == "CPUExecutionProvider":
+        return {"memcpy_nodes": 0, "provider": provider, "measured": False}
     try:
         from lib_ort.sessions import placement_report
 

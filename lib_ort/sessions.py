@@ -150,7 +150,7 @@ def trt_ranges(shape_ranges: dict, requested: dict | None = None) -> dict:
         a_lo, a_hi = allowed[key]
         out[key] = [max(lo, a_lo), min(hi, a_hi)]
         if out[key][0] > out[key][1]:
-            raise ValueError(f"the TensorRT {key} range {lo}..{hi} lies outside this artefact's {a_lo}..{a_hi}")
+            raise OrtTurboError(f"the TensorRT {key} range {lo}..{hi} lies outside this artefact's {a_lo}..{a_hi}")
     return out
 
 

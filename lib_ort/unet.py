@@ -17,8 +17,8 @@ import torch
 
 from .errors import OrtTurboError, UnsupportedInput
 from .registry import Artefact
-from .sessions import (CudaRunner, GraphThread, create_session, graph_policy, plan_session, require_provider,
-                       trt_ranges, unet_trt_profiles)
+from .sessions import (CudaRunner, GraphThread, create_session, graph_policy, placement_report, plan_session,
+                       require_provider, trt_ranges, unet_trt_profiles)
 
 _TORCH_DTYPES = {"FLOAT": torch.float32, "FLOAT16": torch.float16}
 
@@ -57,7 +57,6 @@ class OrtUnet:
         self.guarded = m.get("precision", "fp32") != "fp32"
         self.ep = artefact.ep
         require_provider(self.ep)
-        self.graphs = graph_policy(cuda_graph, self.ep, (m.get("placement") or {}).get("memcpy_nodes"))
         self.stream = None
         self.vram = None
         cuda_options = None
@@ -77,6 +76,11 @@ class OrtUnet:
                 r = trt_ranges(m["shape_ranges"], trt_request)  # shapes outside the profile fall back
                 self.ranges = {"batch": r["batch"], "height": [v // 8 for v in r["height_px"]],
                                "width": [v // 8 for v in r["width_px"]], "sequence": r["sequence"]}
+        memcpy = (m.get("placement") or {}).get("memcpy_nodes")
+        if cuda_graph and self.ep == "cuda" and memcpy is None:
+            # not measured when the artefact was made (a toolchain without onnxruntime-gpu): graphs need it
+            memcpy = placement_report(artefact.model_path, plan_session("cuda", device_id=device_id).providers)["memcpy_nodes"]
+        self.graphs = graph_policy(cuda_graph, self.ep, memcpy)
         self.plan = plan_session(self.ep, manifest=m, device_id=device_id,
                                  stream=self.stream.cuda_stream if self.stream is not None else None,
                                  cuda_graph=self.graphs.use_graphs, intra_op_threads=intra_op_threads,

@@ -46,7 +46,7 @@ class OrtVae:
                 raise OrtTurboError(f"the {self.ep} VAE needs a CUDA build of torch with a GPU; this torch has none")
             from .vram import check_before_session, weights_bytes
 
-            files = [f for spec in m["parts"].values() for f in (spec["model_file"], *spec.get("data_files", []))]
+            files = [m["model_file"], *m.get("data_files", [])]
             self.cuda_options = check_before_session(weights_bytes(artefact.folder, files), device_id,
                                                      what="the ONNX VAE").provider_options
             self.stream = torch.cuda.Stream(device=device_id)  # dedicated and non-zero, see sessions.StreamOrder

@@ -128,7 +128,7 @@ def test_tensorrt_profiles_follow_what_is_asked_inside_the_artefact():
     assert profiles["trt_profile_min_shapes"].startswith("sample:2x4x96x64,")
     assert profiles["trt_profile_max_shapes"].startswith("sample:2x4x96x128,")
     assert profiles["trt_profile_opt_shapes"].startswith("sample:2x4x96x64,")
-    with pytest.raises(ValueError, match="batch range 9..12 lies outside"):
+    with pytest.raises(OrtTurboError, match="batch range 9..12 lies outside"):
         unet_trt_profiles(MANIFEST, dict(asked, batch=[9, 12]))
 
 
