@@ -83,14 +83,16 @@ def cmd_grid(a, s, out: Path) -> dict:
     from lib_ort.unet import OrtUnet
 
     model, checkpoint = _model_and_checkpoint(s["arch"])
-    artefact = Registry(out / "registry").find(checkpoint["hash"], s["ep"])
-    if artefact is None:
+    registry = Registry(out / "registry")
+    folder = registry.find(checkpoint["hash"], s["ep"])
+    if folder is None:
         raise RuntimeError("no artefact: run `fullsize.py prepare` first")
+    artefact = registry.load(folder, checkpoint["hash"])
     dtype = torch.float16 if s["cuda"] else torch.float32
     model = model.to(s["device"], dtype)
-    ort = {"ORT cuda recipe": OrtUnet(artefact)}
+    ort = {f"ORT {s['ep']} recipe": OrtUnet(artefact)}
     if s["cuda"]:
-        ort["ORT cuda recipe + graphs"] = OrtUnet(artefact, cuda_graph=True)
+        ort[f"ORT {s['ep']} recipe + graphs"] = OrtUnet(artefact, cuda_graph=True)
     compiled, notes = None, {}
     if not a.no_compile:
         compiled = torch.compile(model)

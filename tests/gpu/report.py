@@ -20,7 +20,11 @@ def write_report(out: Path) -> Path:
     for r in lines:
         md += ["", f"## {r['step']}. {r['name']} ({r['status']})", "", "| figure | value |", "|---|---|"]
         md += [f"| {k} | {_cell(v).replace('|', '/')} |" for k, v in r.items()
-               if k not in ("step", "name", "status", "seconds", "trace")]
+               if k not in ("step", "name", "status", "seconds", "trace", "rows")]
+        if r.get("rows"):  # the (batch, steps) grid: one row per configuration
+            keys = list(r["rows"][0])
+            md += ["", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+            md += ["| " + " | ".join(_cell(row.get(k, "")) for k in keys) + " |" for row in r["rows"]]
         if "trace" in r:
             md += ["", "```", r["trace"].strip(), "```"]
     path = out / "report.md"

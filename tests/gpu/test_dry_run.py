@@ -7,6 +7,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import device_check  # noqa: E402
+import fullsize  # noqa: E402
 import make_device_data  # noqa: E402
 import report  # noqa: E402
 
@@ -28,3 +29,13 @@ def test_gpu_check_dry_run_runs_every_step_in_order_and_writes_a_report(tmp_path
     assert 0.5 < by_name["fractional_t"]["ratio"] < 2
     md = report.write_report(out).read_text()
     assert "| 4 | fractional_t | ok |" in md and "## 6. graphs (skipped)" in md
+    for command in ("prepare", "grid", "vae"):  # the artefact of make_device_data is the tiny grid's (cached)
+        assert fullsize.main([command, str(data), "--dry-run", "--no-compile"]) == 0, command
+    full = {r["name"]: r for r in (json.loads(line) for line in (data / "results.jsonl").read_text().splitlines())}
+    grid = full["fullsize grid"]["rows"]
+    assert {(r["config"], r["batch"], r["steps"]) for r in grid} == {
+        (c, b, s) for c in ("torch eager", "ORT cpu recipe") for b in (1, 4) for s in (1, 4)}
+    assert all(r["images_per_s"] > 0 for r in grid)
+    vae = full["fullsize vae"]
+    assert vae["vae"]["source"] == "ort" and vae["overflowing vae"]["source"] == "ort-fp32"
+    assert "| config | batch | steps | call_ms | images_per_s |" in report.write_report(data).read_text()
