@@ -112,9 +112,21 @@ def step_race(c: Check) -> dict:
     outs = [unet(x, t, ctx) for _ in range(10)]
     c.sync()
     after_sync = [c.rel(o, "a") for o in outs]
-    return {"max_rel_read_at_once": max(read_at_once), "max_rel_after_sync": max(after_sync),
-            "stream_handle": unet.plan.stream.handle if unet.plan.stream else None,
-            "ok": max(read_at_once) < 3e-2 and max(after_sync) < 3e-2}
+    result = {"max_rel_read_at_once": max(read_at_once), "max_rel_after_sync": max(after_sync),
+              "stream_handle": unet.plan.stream.handle if unet.plan.stream else None,
+              "ok": max(read_at_once) < 3e-2 and max(after_sync) < 3e-2}
+    if c.cuda:  # the plan before the pre-flight: ORT on its own stream, nothing synchronized (expected to race)
+        from lib_ort.sessions import CudaRunner, StreamOrder, create_session, plan_session
+
+        old = plan_session("cuda")  # no user_compute_stream: ORT's own stream, as with handle 0
+        old.stream = StreamOrder(None, (("run",),))  # and no wait on either side
+        old.run_config["disable_synchronize_execution_providers"] = "1"
+        runner = CudaRunner(create_session(c.artefact.model_path, old), old, unet.output_name)
+        feeds = unet.feeds(x, t, ctx)
+        shape = (x.shape[0], unet.io["out_channels"], x.shape[2], x.shape[3])
+        result["old_plan_max_rel_read_at_once"] = max(c.rel(runner.run(feeds, shape, unet.output_dtype), "a")
+                                                      for _ in range(10))
+    return result
 
 
 def step_fractional_t(c: Check) -> dict:
@@ -128,8 +140,13 @@ def step_fractional_t(c: Check) -> dict:
             "rel_err": {str(t): c.rel(outs[t], "a", t) for t in outs}, "ok": ref_step > 0 and 0.5 < ort_step / ref_step < 2}
 
 
-def _time(c: Check, fn, n: int = 10) -> float:
-    if c.cuda:
+def time_ms(cuda: bool, fn, n: int = 10, warmup: int = 0) -> float:
+    """Mean milliseconds per call of ``fn`` after ``warmup`` calls (cuDNN's search, graph capture): CUDA
+    events on the GPU, the wall clock on the CPU."""
+    for _ in range(warmup):
+        fn()
+    if cuda:
+        torch.cuda.synchronize()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         for _ in range(n):
@@ -149,9 +166,9 @@ def step_first_vs_steady(c: Check) -> dict:
     for key in ("a", "b"):
         x, t, ctx = c.inputs(key)
         free0 = torch.cuda.mem_get_info()[0] if c.cuda else 0
-        first = _time(c, lambda: unet(x, t, ctx), n=1)
-        steady = _time(c, lambda: unet(x, t, ctx), n=5)
-        result[key] = {"first_ms": round(first, 2), "steady_ms": round(steady, 2),
+        first = time_ms(c.cuda, lambda: unet(x, t, ctx), n=1)
+        steady = time_ms(c.cuda, lambda: unet(x, t, ctx), n=5)
+        result[key] = {"first_ms": round(first, 2), "steady_ms": round(steady, 2), "warmed_by_steps_3_4": key == "a",
                        "vram_growth_mb": (free0 - torch.cuda.mem_get_info()[0]) // 2**20 if c.cuda else None}
     return result
 
@@ -193,9 +210,9 @@ def step_timing(c: Check) -> dict:
     for key in ("a", "b"):
         x, t, ctx = c.inputs(key)
         with torch.no_grad():
-            torch_fp16 = _time(c, lambda: model(x, t, ctx))
-        result[key] = {"ort_ms": round(_time(c, lambda: c.unet()(x, t, ctx)), 3),
-                       "ort_graphs_ms": round(_time(c, lambda: c.unet(True)(x, t, ctx)), 3),
+            torch_fp16 = time_ms(c.cuda, lambda: model(x, t, ctx), warmup=2)
+        result[key] = {"ort_ms": round(time_ms(c.cuda, lambda: c.unet()(x, t, ctx), warmup=2), 3),
+                       "ort_graphs_ms": round(time_ms(c.cuda, lambda: c.unet(True)(x, t, ctx), warmup=3), 3),
                        "torch_fp16_ms": round(torch_fp16, 3)}
     return result
 

@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).parent))
 
-from device_check import record  # noqa: E402
+from device_check import record, time_ms  # noqa: E402
 
 CKPT_VAE = {"hash": "f" * 64, "name": "device-check"}
 
@@ -57,24 +57,6 @@ def cmd_prepare(a, s, out: Path) -> dict:
     return {"artefact": prepared.artefact.id, "export_s": prepared.export_s, "optimize_s": prepared.optimize_s,
             "total_s": round(time.perf_counter() - start, 1), "fused_ops": m["fused_ops"], "io_types": m["io_types"],
             "placement": m.get("placement")}
-
-
-def _call_ms(s, fn, runs: int = 5) -> float:
-    fn()  # warm-up (cuDNN's search, graph capture)
-    fn()
-    if s["cuda"]:
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(runs):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / runs
-    t0 = time.perf_counter()
-    for _ in range(runs):
-        fn()
-    return (time.perf_counter() - t0) / runs * 1000
 
 
 def cmd_grid(a, s, out: Path) -> dict:
@@ -119,7 +101,7 @@ def cmd_grid(a, s, out: Path) -> dict:
                 notes[f"{label} rel_err batch {batch}"] = float((out_ - reference).abs().max() / reference.abs().max())
                 fns[label] = lambda unet=unet: unet(inputs["x"], inputs["timesteps"], inputs["context"])
             for label, fn in fns.items():
-                ms = _call_ms(s, fn)
+                ms = time_ms(s["cuda"], fn, 5, warmup=2)
                 for steps in (1, 4):
                     rows.append({"config": label, "batch": batch, "steps": steps, "call_ms": round(ms, 2),
                                  "images_per_s": round(1000.0 * batch / (steps * ms), 3)})
