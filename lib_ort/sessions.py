@@ -289,9 +289,9 @@ def require_tensorrt_libraries(find=None) -> str:
     if not found:
         names = NVINFER_NAMES["nt" if os.name == "nt" else "posix"]
         raise OrtTurboError(
-            f"TensorRT is not installed here (none of {', '.join(names)} could be loaded). Install TensorRT 10 "
-            "(e.g. pip install tensorrt-cu12-libs, or NVIDIA's archive with its lib folder on the library path) "
-            "or choose the CUDA provider.")
+            f"TensorRT is not installed here (none of {', '.join(names)} could be loaded). Install TensorRT 10 with "
+            "its lib folder on the library path (LD_LIBRARY_PATH on Linux, PATH on Windows) or choose the CUDA "
+            "provider.")
     return found
 
 
