@@ -76,6 +76,9 @@ def cudnn9_load_plan(directories, *, os_name: str | None = None, exists=os.path.
                        tuple(files), (CUDNN9_MAIN[os_name],) if files else ())
 
 
+_DLL_DIRECTORIES: list = []  # the handles of os.add_dll_directory, held for the life of the process
+
+
 def carry_out(plan: DllLoadPlan, *, load=None) -> list[str]:
     """Load the plan's files by absolute path; returns the paths loaded. ``load`` replaces ctypes (tests)."""
     if plan.os_name != os.name:
@@ -83,8 +86,8 @@ def carry_out(plan: DllLoadPlan, *, load=None) -> list[str]:
     if load is None:
         mode = getattr(os, "RTLD_GLOBAL", 0)
         load = lambda path: ctypes.CDLL(path, mode=mode)  # noqa: E731
-    for directory in plan.dll_directories:
-        os.add_dll_directory(directory)  # kept for the process: cuDNN loads its engines lazily
+    for directory in plan.dll_directories:  # kept for the process: cuDNN loads its engines lazily
+        _DLL_DIRECTORIES.append(os.add_dll_directory(directory))
     loaded = []
     for path in plan.files:
         load(path)

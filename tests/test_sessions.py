@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -365,17 +367,11 @@ def test_cudnn9_plan_is_carried_out_in_order_and_refuses_another_os(tmp_path):
     assert carry_out(plan, load=loaded.append) == [str(tmp_path / "libcudnn_graph.so.9"), str(tmp_path / "libcudnn.so.9")]
     assert loaded == list(plan.files)
     with pytest.raises(ValueError, match="cannot be carried out"):
-        carry_out(dataclasses_replace(plan, os_name="nt"), load=loaded.append)
-
-
-def dataclasses_replace(obj, **changes):
-    import dataclasses
-
-    return dataclasses.replace(obj, **changes)
+        carry_out(dataclasses.replace(plan, os_name="nt"), load=loaded.append)
 
 
 def test_loaded_libraries_are_read_from_the_process_maps_and_checked_against_the_plan():
-    """On a real loaded library: libgomp (torch's OpenMP) or libc, whichever this process maps."""
+    """On a real library loaded here by ctypes (libm), read back from /proc/self/maps."""
     import ctypes.util
     import os
 
