@@ -291,6 +291,12 @@ def test_memcpy_nodes_are_counted_in_an_optimized_graph(tmp_path):
     assert memcpy_count(model) == 2
     onnx.save(model, tmp_path / "m.onnx")
     assert memcpy_count(tmp_path / "m.onnx") == 2
+    branch = lambda n: helper.make_graph(  # noqa: E731
+        [helper.make_node("MemcpyToHost", ["x"], [f"b{i}"]) for i in range(n)] + [helper.make_node("Identity", ["x"], ["o"])],
+        "b", [], [helper.make_tensor_value_info("o", TensorProto.FLOAT, [2])])
+    nested = helper.make_graph(nodes + [helper.make_node("If", ["c"], ["z"], then_branch=branch(1), else_branch=branch(2))],
+                               "g", graph.input, graph.output)
+    assert memcpy_count(helper.make_model(nested)) == 5  # subgraphs count too
 
 
 def test_placement_report_saves_the_optimized_graph_once_and_counts(tmp_path):
