@@ -209,7 +209,7 @@ def step_timing(c: Check) -> dict:
     result = {}
     for key in ("a", "b"):
         x, t, ctx = c.inputs(key)
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):  # the WebUI's fp16 path
             torch_fp16 = time_ms(c.cuda, lambda: model(x, t, ctx), warmup=2)
         result[key] = {"ort_ms": round(time_ms(c.cuda, lambda: c.unet()(x, t, ctx), warmup=2), 3),
                        "ort_graphs_ms": round(time_ms(c.cuda, lambda: c.unet(True)(x, t, ctx), warmup=3), 3),

@@ -72,6 +72,7 @@ def cmd_grid(a, s, out: Path) -> dict:
     artefact = registry.load(folder, checkpoint["hash"])
     dtype = torch.float16 if s["cuda"] else torch.float32
     model = model.to(s["device"], dtype)
+    autocast = torch.autocast("cuda", dtype=torch.float16, enabled=s["cuda"])  # the WebUI's fp16 path
     ort = {f"ORT {s['ep']} recipe": OrtUnet(artefact)}
     if s["cuda"]:
         ort[f"ORT {s['ep']} recipe + graphs"] = OrtUnet(artefact, cuda_graph=True)
@@ -84,7 +85,7 @@ def cmd_grid(a, s, out: Path) -> dict:
         inputs = {k: v.to(s["device"], dtype if v.is_floating_point() else v.dtype)
                   for k, v in example_inputs(model, batch, lat, lat, 77, seed=batch).items()}
         inputs["timesteps"] = inputs["timesteps"].float()
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             reference = model(**inputs).float()
             fns = {"torch eager": lambda: model(**inputs)}
             if compiled is not None:
@@ -129,17 +130,17 @@ def cmd_vae(a, s, out: Path) -> dict:
             model.decoder.conv_out.bias *= scale
         record_ = {"hash": ("e" if scale == 1 else "9") * 64, "name": label}
         fp16 = OrtVae(prepare_vae(model, registry, CKPT_VAE, record_, s["ep"], "fp16", recipe=fp16_recipe))
-        fp32 = OrtVae(prepare_vae(model, registry, CKPT_VAE, record_, s["ep"], "fp32"))
         lat = s["px"] // 8 if s["cuda"] else 8
         z = torch.randn(1, 4, lat, lat, device=s["device"])
         with torch.no_grad():
             ref = model.to(s["device"]).decode(z).float()
         forget_fp16_overflows()
-        guard = GuardedDecoder(fp16, vae_name=label, fp32=fp32, torch_decode=lambda z: model.decode(z.float()))
+        # no fp32 artefact (one Olive run less): an overflow is decoded again by PyTorch in fp32
+        guard = GuardedDecoder(fp16, vae_name=label, torch_decode=lambda z: model.decode(z.float()))
         out_ = guard.decode(z.to(torch.float16 if s["cuda"] else torch.float32)).float()
         result[label] = {"source": guard.last_source, "finite": bool(torch.isfinite(out_).all()),
                          "rel_err": float((out_ - ref).abs().max() / ref.abs().max())}
-    result["ok"] = result["vae"]["source"] == "ort" and result["overflowing vae"]["source"] != "ort" and all(
+    result["ok"] = result["vae"]["source"] == "ort" and result["overflowing vae"]["source"] == "torch-fp32" and all(
         r["finite"] for r in (result["vae"], result["overflowing vae"]))
     return result
 

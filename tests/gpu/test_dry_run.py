@@ -37,5 +37,5 @@ def test_gpu_check_dry_run_runs_every_step_in_order_and_writes_a_report(tmp_path
         (c, b, s) for c in ("torch eager", "ORT cpu recipe") for b in (1, 4) for s in (1, 4)}
     assert all(r["images_per_s"] > 0 for r in grid)
     vae = full["fullsize vae"]
-    assert vae["vae"]["source"] == "ort" and vae["overflowing vae"]["source"] == "ort-fp32"
+    assert vae["vae"]["source"] == "ort" and vae["overflowing vae"]["source"] == "torch-fp32"
     assert "| config | batch | steps | call_ms | images_per_s |" in report.write_report(data).read_text()
