@@ -130,8 +130,8 @@ class OrtTurboUnet(sd_unet.SdUnet):
             self.torch_unet_on_device = True
 
     def release_session_if_vram_short(self, unet) -> None:
-        """Free the ORT session before the torch UNet moves up when both would not fit (lib_ort.vram); it is
-        loaded again at the first call after the torch UNet is parked."""
+        """Free the ORT session before the torch UNet moves up when both would not fit (lib_ort.vram); the
+        rest of the job runs on PyTorch, and the session is loaded again once the torch UNet is parked."""
         if self.ort is None or getattr(devices.device, "type", None) != "cuda":
             return
         from ..vram import measure, must_release_session
@@ -141,7 +141,8 @@ class OrtTurboUnet(sd_unet.SdUnet):
                                                        if k != "total"}):
             service.log("released the ONNX UNet's GPU memory for the PyTorch UNet (not enough VRAM for both)")
             self.ort.release()
-            self.ort, self.key = None, None
+            self.ort = None
+            self.unavailable = "the ONNX UNet was released to make room for the PyTorch UNet (not enough VRAM for both)"
 
     def park_torch_unet(self) -> None:
         """Give the PyTorch UNet's device memory back once ORT serves the job again."""
