@@ -39,9 +39,10 @@ test-gpu-dry-run: setup
 
 # on the GPU machine (see docs/gpu-check.md): real-width data built there, then the steps, then the report
 GPU_OUT ?= gpu-out
-GPU_STEPS ?= 1,2,3,4,5,6,7,8
+GPU_STEPS ?= 1,2,3,4,5,6,7,8,9
+GPU_FAMILIES ?=
 gpu-check:
-	python3 tests/gpu/make_device_data.py $(GPU_OUT)/data --ep cuda --size real
+	python3 tests/gpu/make_device_data.py $(GPU_OUT)/data --ep cuda --size real --families "$(GPU_FAMILIES)"
 	python3 tests/gpu/device_check.py $(GPU_OUT)/data $(GPU_OUT) --steps $(GPU_STEPS); \
 	  status=$$?; python3 tests/gpu/report.py $(GPU_OUT); exit $$status
 

@@ -11,7 +11,8 @@ say so instead of running.
 Steps: 1 versions, stream handle, loaded cuDNN; 2 session creation (plan, Memcpy count, time, free VRAM);
 3 race test (back-to-back calls read at once vs after synchronize, dedicated stream); 4 t vs t + 0.25;
 5 first call vs steady state per shape; 6 graphs A, B, A and A from another thread; 7 timing (CUDA events)
-ORT without/with graphs vs torch fp16; 8 TensorRT session creation capped at 60 s. The full-size SD-Turbo
+ORT without/with graphs vs torch fp16; 8 whether TensorRT's library loads; 9 parity per family (SD1,
+inpainting, SDXL-shaped) when the data has them. The full-size SD-Turbo
 grid is ``fullsize.py`` (its own command: export and Olive take minutes).
 """
 
@@ -224,8 +225,30 @@ def step_tensorrt(c: Check) -> dict:
     return {"libnvinfer": require_tensorrt_libraries()}  # an engine build needs the TensorRT artefact: not here
 
 
+def step_families(c: Check) -> dict:
+    """Parity per family (built with ``make_device_data.py --families``) at t = 999.25, fused op counts."""
+    from lib_ort.registry import Registry
+    from lib_ort.unet import OrtUnet
+
+    families = c.ref.get("families") or {}
+    if not families:
+        raise Skip("no families in the data (make_device_data.py --families sd1,inpaint,sdxl)")
+    result, ok = {}, True
+    for family, f in families.items():
+        unet = OrtUnet(Registry(c.data / "registry").load(f["artefact"]))
+        i = {k: v.to(c.device, c.dtype if k != "timesteps" else torch.float32) for k, v in f["inputs"].items()}
+        out = unet(i["x"], i["timesteps"], i["context"], y=i.get("y")).float().cpu()
+        rel = float((out - f["output"]).abs().max() / f["output"].abs().max())
+        fused = {k: v for k, v in f["fused_ops"].items() if k in ("MultiHeadAttention", "GroupNorm", "SkipGroupNorm",
+                                                                  "NhwcConv", "BiasSplitGelu", "BiasAdd", "Attention")}
+        result[family] = {"rel_err": rel, "fused_ops": fused}
+        ok = ok and rel < (3e-2 if c.dtype == torch.float16 else 1e-3)
+        del unet
+    return {**result, "ok": ok}
+
+
 STEPS = {1: step_versions, 2: step_session, 3: step_race, 4: step_fractional_t, 5: step_first_vs_steady,
-         6: step_graphs, 7: step_timing, 8: step_tensorrt}
+         6: step_graphs, 7: step_timing, 8: step_tensorrt, 9: step_families}
 
 
 def record(out: Path, line: dict) -> None:

@@ -1,6 +1,6 @@
 """Build what ``device_check.py`` needs: a UNet with real widths, its artefact, and fp32 references.
 
-    python tests/gpu/make_device_data.py OUT_DIR [--ep cuda|cpu] [--size real|tiny]
+    python tests/gpu/make_device_data.py OUT_DIR [--ep cuda|cpu] [--size real|tiny] [--families sd1,inpaint,sdxl]
 
 ``--size real`` (the GPU run): 320/640 channels, head size 64, one res block per level, context 1024 (an
 SD 2.x block at a size a GPU check can afford). ORT's CUDA kernels reject the tiny test widths: GroupNorm
@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from lib_ort.architectures import example_inputs  # noqa: E402
 from lib_ort.describe import state_dict_digest  # noqa: E402
 from lib_ort.pipeline import prepare  # noqa: E402
 from lib_ort.registry import Registry  # noqa: E402
@@ -29,21 +30,42 @@ REAL_WIDTHS = dict(image_size=16, in_channels=4, out_channels=4, model_channels=
                    use_spatial_transformer=True, transformer_depth=1, context_dim=1024, legacy=False,
                    use_checkpoint=False)
 
+#: the other families at real widths (``--families``): SD1 (8 heads, conv projections, head size 40 at 320
+#: channels, context 768), SD2 inpainting (9 input channels), SDXL-shaped (diffusers, head size 64, a
+#: projection class embedding of 2816 as the WebUI's ``y``); the tiny size uses the suite's tiny models
+FAMILY_WIDTHS = {
+    "sd1": dict(REAL_WIDTHS, num_head_channels=-1, num_heads=8, use_linear_in_transformer=False, context_dim=768),
+    "inpaint": dict(REAL_WIDTHS, in_channels=9),
+}
+SDXL_WIDTHS = dict(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(320, 640), layers_per_block=1,
+                   down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                   up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 1),
+                   attention_head_dim=(5, 10), cross_attention_dim=2048, projection_class_embeddings_input_dim=2816,
+                   use_linear_projection=True, class_embed_type="projection", norm_num_groups=32)
+TINY_FAMILIES = {"sd1": "tiny-sd1", "inpaint": "tiny-sd2-inpaint", "sdxl": "tiny-sdxl"}
+
 #: (batch, latent h, latent w, tokens) per case; "a" and "b" are the graph check's two shapes
 CASES = {"real": {"a": (1, 16, 16, 77), "b": (2, 16, 24, 154)}, "tiny": {"a": (1, 8, 8, 77), "b": (2, 8, 12, 154)}}
 TIMESTEPS = (999.0, 999.25, 500.5)
 
 
-def build_model(size: str):
+def build_model(size: str, family: str = "sd2"):
     if size == "tiny":
         from lib_ort.architectures import build_unet
 
-        return build_unet("tiny-sd2", seed=0)
-    from ldm.modules.diffusionmodules.openaimodel import UNetModel
-
+        return build_unet(TINY_FAMILIES.get(family, "tiny-sd2"), seed=0)
     torch.manual_seed(0)
-    model = UNetModel(**REAL_WIDTHS)
-    with torch.no_grad():  # ldm zero-initialises output layers: give them values so parity means something
+    if family == "sdxl":
+        from diffusers import UNet2DConditionModel
+
+        from lib_ort.architectures import DiffusersAsWebuiUnet
+
+        model = DiffusersAsWebuiUnet(UNet2DConditionModel(**SDXL_WIDTHS))
+    else:
+        from ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+        model = UNetModel(**FAMILY_WIDTHS.get(family, REAL_WIDTHS))
+    with torch.no_grad():  # output layers are zero-initialised: give them values so parity means something
         for p in model.parameters():
             if not p.any():
                 p.copy_(torch.randn_like(p) * 0.02)
@@ -55,6 +77,7 @@ def main(argv=None) -> dict:
     args.add_argument("out")
     args.add_argument("--ep", default="cuda")
     args.add_argument("--size", choices=("real", "tiny"), default="real")
+    args.add_argument("--families", default="", help="comma-separated: sd1, inpaint, sdxl (parity per family)")
     a = args.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -73,9 +96,21 @@ def main(argv=None) -> dict:
             for t in TIMESTEPS:
                 outputs[t] = model(x, torch.full((b,), t), context)
         cases[key] = {"x": x, "context": context, "outputs": outputs}
-    torch.save({"artefact": artefact.id, "size": a.size, "cases": cases}, out / "reference.pt")
+    families = {}
+    for family in filter(None, a.families.split(",")):
+        fmodel = build_model(a.size, family)
+        fcheck = {"hash": state_dict_digest(fmodel), "name": f"device-check-{a.size}-{family}"}
+        fart = prepare(fmodel, Registry(out / "registry"), fcheck, a.ep, keep_export=False).artefact
+        b, h, w, seq = CASES[a.size]["a"]
+        inputs = example_inputs(fmodel, b, h, w, seq, seed=11)
+        inputs["timesteps"] = torch.full((b,), 999.25)
+        with torch.no_grad():
+            families[family] = {"artefact": fart.id, "inputs": inputs, "output": fmodel(**inputs),
+                                "fused_ops": fart.manifest["fused_ops"]}
+    torch.save({"artefact": artefact.id, "size": a.size, "cases": cases, "families": families}, out / "reference.pt")
     torch.save(model.state_dict(), out / "model_state.pt")  # torch fp16 timing on the GPU uses the same weights
     info = {"artefact": artefact.id, "ep": a.ep, "size": a.size, "fused_ops": artefact.manifest["fused_ops"],
+            "families": {k: v["artefact"] for k, v in families.items()},
             "io_types": artefact.manifest["io_types"], "build_s": round(time.perf_counter() - start, 1)}
     print(info, flush=True)
     return info

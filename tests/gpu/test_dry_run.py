@@ -14,19 +14,21 @@ import report  # noqa: E402
 
 def test_gpu_check_dry_run_runs_every_step_in_order_and_writes_a_report(tmp_path):
     data, out = tmp_path / "data", tmp_path / "out"
-    info = make_device_data.main([str(data), "--ep", "cpu", "--size", "tiny"])
+    info = make_device_data.main([str(data), "--ep", "cpu", "--size", "tiny", "--families", "sdxl"])
     assert info["io_types"]["sample"] == "FLOAT"
     code = device_check.main([str(data), str(out), "--dry-run"])
     lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     status = {r["name"]: r["status"] for r in lines}
     assert [r["step"] for r in lines] == sorted(device_check.STEPS)
     assert status == {"versions": "ok", "session": "ok", "race": "ok", "fractional_t": "ok",
-                      "first_vs_steady": "ok", "graphs": "skipped", "timing": "skipped", "tensorrt": "skipped"}, lines
+                      "first_vs_steady": "ok", "graphs": "skipped", "timing": "skipped", "tensorrt": "skipped",
+                      "families": "ok"}, lines
     assert code == 0
     by_name = {r["name"]: r for r in lines}
     assert by_name["session"]["placement"]["memcpy_nodes"] == 0
     assert by_name["race"]["max_rel_after_sync"] < 1e-3
     assert 0.5 < by_name["fractional_t"]["ratio"] < 2
+    assert by_name["families"]["sdxl"]["rel_err"] < 1e-3
     md = report.write_report(out).read_text()
     assert "| 4 | fractional_t | ok |" in md and "## 6. graphs (skipped)" in md
     for command in ("prepare", "grid", "vae"):  # the artefact of make_device_data is the tiny grid's (cached)
