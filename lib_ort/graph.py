@@ -141,10 +141,21 @@ def time_embedding_nodes(model, input_name: str = "timestep") -> list[str]:
     return [n.name for n in nodes if n.name in keep]
 
 
+def _read_names(graph) -> set:
+    """Every tensor name a graph's nodes read, subgraphs (If/Loop bodies reading outer names) included."""
+    names = set()
+    for n in graph.node:
+        names.update(n.input)
+        for a in n.attribute:
+            for sub in [a.g] * a.HasField("g") + list(a.graphs):
+                names |= _read_names(sub)
+    return names
+
+
 def _remove_dead_nodes(graph) -> None:
     outputs = {o.name for o in graph.output}
     while True:
-        used = {i for n in graph.node for i in n.input} | outputs
+        used = _read_names(graph) | outputs
         dead = [n for n in graph.node if not any(o in used for o in n.output)]
         if not dead:
             return
