@@ -161,12 +161,30 @@ class OrtTurboUnet(sd_unet.SdUnet):
             return  # --lowvram/--medvram hooks bring each block to the device as it runs; apply_unet leaves it too
         param = next(unet.parameters())
         if param.device != devices.device:
+            self.release_session_if_vram_short(unet)
             unet.to(devices.device)
             self.torch_unet_on_device = True
+
+    def release_session_if_vram_short(self, unet) -> None:
+        """Free the ORT session before the torch UNet moves up when both would not fit (lib_ort.vram); the
+        rest of the job runs on PyTorch, and the session is loaded again once the torch UNet is parked."""
+        if self.ort is None or getattr(devices.device, "type", None) != "cuda":
+            return
+        from ..vram import measure, must_release_session
+
+        size = sum(p.numel() * p.element_size() for p in unet.parameters())
+        if must_release_session(torch_unet=size, **{k: v for k, v in measure(devices.device.index or 0).items()
+                                                       if k != "total"}):
+            service.log("released the ONNX UNet's GPU memory for the PyTorch UNet (not enough VRAM for both)")
+            self.ort.release()
+            self.ort = None
+            self.unavailable = "the ONNX UNet was released to make room for the PyTorch UNet (not enough VRAM for both)"
 
     def park_torch_unet(self) -> None:
         """Give the PyTorch UNet's device memory back once ORT serves the job again."""
         if self.torch_unet_on_device and devices.device != devices.cpu:
             shared.sd_model.model.diffusion_model.to(devices.cpu)
             devices.torch_gc()
+            if self.ort is None:
+                self.key = None  # a session released or refused for lack of VRAM: try again with the room back
         self.torch_unet_on_device = False
