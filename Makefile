@@ -14,7 +14,7 @@ SDKIT := stable-diffusion-sdkit==2.1.5
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup setup-webui chromium test test-engine test-webui test-browser test-js screenshots bench clean
+.PHONY: setup setup-webui chromium test test-engine test-webui test-browser test-js test-gpu-dry-run gpu-check screenshots bench clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,19 @@ test: test-js test-engine test-webui test-browser
 
 test-engine: setup
 	$(PY) -m pytest -q tests --ignore=tests/webui --ignore=tests/browser
+
+# the GPU check's CPU dry run (also part of test-engine): CPU provider, tiny sizes, GPU steps skipped
+test-gpu-dry-run: setup
+	$(PY) -m pytest -q tests/gpu/test_dry_run.py
+
+# on the GPU machine (see docs/gpu-check.md): real-width data built there, then the steps, then the report
+GPU_OUT ?= gpu-out
+GPU_STEPS ?= 1,2,3,4,5,6,7,8,9
+GPU_FAMILIES ?=
+gpu-check:
+	python3 tests/gpu/make_device_data.py $(GPU_OUT)/data --ep cuda --size real --families "$(GPU_FAMILIES)"
+	python3 tests/gpu/device_check.py $(GPU_OUT)/data $(GPU_OUT) --steps $(GPU_STEPS); \
+	  status=$$?; python3 tests/gpu/report.py $(GPU_OUT); exit $$status
 
 test-webui: setup setup-webui
 	ORT_TURBO_TOOLCHAIN_PYTHON=$(abspath $(PY)) $(WEBUI_PY) -m pytest -q -p no:cacheprovider tests/webui

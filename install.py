@@ -1,7 +1,8 @@
 """Run by the WebUI (with its own interpreter) before every launch and once when installed.
 
-Installs the ONNX Runtime package this WebUI can run — chosen from its torch build, OS and pins,
-see lib_ort/runtime_packages.py — and nothing else into the WebUI's environment; the Olive
+Installs the ONNX Runtime package this WebUI can run — chosen from its torch build, OS, pins and
+whether an NVIDIA driver is visible, see lib_ort/runtime_packages.py; the CPU one at least — and
+nothing else into the WebUI's environment, changing no package it has; the Olive
 toolchain is made later, in the extension's data folder, on the first export. With everything in
 place this only reads package metadata (no pip, no import of torch or of the WebUI's modules).
 """

@@ -26,3 +26,29 @@ class ExportError(OrtTurboError):
 
 class OptimizationError(OrtTurboError):
     """The Olive optimization child process failed or was killed; no artefact was written."""
+
+
+class RuntimeUnavailable(OrtTurboError):
+    """This Python cannot run an artefact: ONNX Runtime does not import, or lacks the provider asked for.
+
+    Raised before any work (export refused, UNet/VAE left on PyTorch); the message says what to install.
+    """
+
+
+class NoCheckpointLoaded(OrtTurboError):
+    """An export was asked for while the WebUI has no checkpoint loaded."""
+
+    def __init__(self):
+        super().__init__("no checkpoint is loaded")
+
+
+class ExportBusy(OrtTurboError):
+    """An export was asked for while another one runs: the two would fight for the CPU and the disk."""
+
+    def __init__(self, running: str):
+        super().__init__(f"an export is already running ({running}); try again when it is done")
+        self.running = running
+
+
+class DiskFull(ExportError):
+    """The disk ran out of space while an export was written; nothing half-written was registered."""

@@ -6,6 +6,7 @@ Everything the extension writes lives in two folders, never in the WebUI's site-
   ``toolchain/`` — the Olive toolchain environment (olive-ai, onnx, onnxscript, a newer
   onnxruntime, pydantic 2, protobuf ≥ 4 …), used only by the optimization child process;
   ``runtime-libs/cudnn9-cu12/`` — cuDNN 9 for onnxruntime-gpu, only when torch carries cuDNN 8;
+  ``trt-cache/`` — TensorRT's engines and timing cache (rebuilt on demand);
 * the **artefact registry** (``$ORT_TURBO_HOME``, else ``<extension>/artefacts``): one folder per
   optimized UNet plus ``exports/`` (the fp32 ONNX exports they were made from).
 
@@ -52,6 +53,10 @@ class Layout:
     @property
     def runtime_libs(self) -> Path:
         return self.data / "runtime-libs"
+
+    @property
+    def trt_cache(self) -> Path:
+        return self.data / "trt-cache"
 
     def side_folder(self, name: str) -> Path:
         return self.runtime_libs / name
@@ -104,7 +109,7 @@ def usage(layout: Layout | None = None, artefacts_root: str | os.PathLike | None
     layout = layout or Layout.default()
     root = Path(artefacts_root) if artefacts_root else default_artefacts_root()
     return {"toolchain": folder_size(layout.toolchain), "runtime_libs": folder_size(layout.runtime_libs),
-            "artefacts": folder_size(root)}
+            "trt_cache": folder_size(layout.trt_cache), "artefacts": folder_size(root)}
 
 
 def delete_toolchain(layout: Layout | None = None) -> int:
@@ -126,8 +131,17 @@ def delete_runtime_libs(layout: Layout | None = None) -> int:
     return freed
 
 
-def delete_artefacts(artefacts_root: str | os.PathLike | None = None) -> int:
-    """Delete every artefact and export in the registry folder. Returns the bytes freed.
+def delete_trt_cache(layout: Layout | None = None) -> int:
+    """Delete TensorRT's engine and timing caches; engines are built again at the next TensorRT session."""
+    layout = layout or Layout.default()
+    freed = folder_size(layout.trt_cache)
+    remove_tree(layout.trt_cache)
+    return freed
+
+
+def delete_artefacts(artefacts_root: str | os.PathLike | None = None, layout: Layout | None = None) -> int:
+    """Delete every artefact and export in the registry folder, and the TensorRT engines built from them
+    (``layout``'s ``trt-cache``). Returns the bytes freed.
 
     Only entries the registry writes are touched (folders with a manifest, ``exports/`` and the
     registry's hidden temporary folders): a root pointed at the wrong folder loses nothing else.
@@ -136,9 +150,9 @@ def delete_artefacts(artefacts_root: str | os.PathLike | None = None) -> int:
     from .registry import MANIFEST
 
     root = Path(artefacts_root) if artefacts_root else default_artefacts_root()
+    freed = delete_trt_cache(layout)
     if not root.is_dir():
-        return 0
-    freed = 0
+        return freed
     for entry in root.iterdir():
         ours = entry.is_dir() and ((entry / MANIFEST).exists() or entry.name == EXPORTS or entry.name.startswith(".tmp-"))
         if ours:

@@ -6,6 +6,9 @@ installs the chosen ONNX Runtime with every installed distribution given to pip 
 its installed version, so pip can add packages (the runtime and its own small dependencies) but
 cannot upgrade, downgrade or remove one that is there — the WebUI's pins included.
 
+On the no-deps route (CUDA 13 under the WebUI's protobuf pin) that is two calls: the runtime's
+absent requirements under the same constraints, then the runtime itself with ``--no-deps``.
+
 pip is called through the ``pip(args, desc)`` callable it is given (the WebUI's ``launch.run_pip``,
 which runs the WebUI's own interpreter and raises ``RuntimeError`` on failure), never through a
 bare ``python``. A failed install (no network, say) is reported and the WebUI starts anyway.
@@ -21,8 +24,8 @@ import time
 from pathlib import Path
 
 from .install_layout import Layout, read_marker, remove_tree, write_marker
-from .runtime_packages import (CUDNN9_FOLDER, REPLACE_ENV, Decision, decide, freeze_constraints, normalize,
-                               probe_host)
+from .runtime_packages import (CUDNN9_FOLDER, REPLACE_ENV, Decision, Host, decide, freeze_constraints, normalize,
+                               probe_host, quoted)
 
 PREFIX = "[ORT Turbo]"
 #: Keep a launch without network short: pip's default retries take minutes to give up.
@@ -71,13 +74,15 @@ def report_decision(decision: Decision, out) -> None:
 
 
 def run(pip, *, python: str = sys.executable, pins_file: str | os.PathLike | None = None,
-        layout: Layout | None = None, out=None, environ=None) -> Decision:
-    """Decide and act; never raises for an install failure (the WebUI must start)."""
+        layout: Layout | None = None, out=None, environ=None, host: Host | None = None) -> Decision:
+    """Decide and act; never raises for an install failure (the WebUI must start).
+
+    ``host`` replaces the probe of this interpreter (tests)."""
     out = out or sys.stdout
     environ = os.environ if environ is None else environ
     layout = layout or Layout.default()
     start = time.perf_counter()
-    host = probe_host(pins_file=pins_file, side_cudnn9=side_version(layout))
+    host = host or probe_host(pins_file=pins_file, side_cudnn9=side_version(layout))
     decision = decide(host, replace=environ.get(REPLACE_ENV) == "1", python=python)
     choice = decision.choice
     if decision.action == "ok":
@@ -85,29 +90,19 @@ def run(pip, *, python: str = sys.executable, pins_file: str | os.PathLike | Non
                   f"({time.perf_counter() - start:.3f} s, nothing installed)")
         return decision
     report_decision(decision, out)
-    if decision.action in ("conflict", "unavailable"):
+    if decision.action == "conflict":
         _say(out, "nothing was installed or removed; the WebUI starts as it is, and artefacts run on "
                   "whatever ONNX Runtime provider is available")
         return decision
     failures = []
     if decision.uninstall:
         try:
-            pip(f"uninstall -y {' '.join(decision.uninstall)}", f"removing {', '.join(decision.uninstall)} ({REPLACE_ENV}=1)")
+            pip(f"uninstall -y {' '.join(decision.uninstall)}",
+                f"removing {', '.join(decision.uninstall)} ({REPLACE_ENV}=1)")
         except RuntimeError as e:
             failures.append(f"uninstalling {', '.join(decision.uninstall)}: {e}")
-    for requirement in decision.install:
-        if failures:
-            break
-        constraints = tempfile.NamedTemporaryFile("w", suffix="-ort-turbo-constraints.txt", delete=False)
-        try:
-            with constraints:
-                released = (choice.package, *decision.uninstall)
-                constraints.write("".join(line + "\n" for line in freeze_constraints(host.installed, release=released)))
-            pip(f'install "{requirement}" -c "{constraints.name}" {NETWORK_ARGS}', f"ONNX Runtime ({requirement})")
-        except RuntimeError as e:
-            failures.append(f"{requirement}: {e}")
-        finally:
-            os.unlink(constraints.name)
+    if not failures and (decision.deps or decision.install):
+        failures += _install_runtime(decision, host, pip)
     for requirement in decision.side:
         try:
             install_side(layout, requirement, pip, out)
@@ -123,3 +118,28 @@ def run(pip, *, python: str = sys.executable, pins_file: str | os.PathLike | Non
     else:
         _say(out, f"ONNX Runtime installed for {choice.ep} ({time.perf_counter() - start:.0f} s)")
     return decision
+
+
+def _install_runtime(decision: Decision, host: Host, pip) -> list[str]:
+    """The runtime's absent requirements, then the runtime (with --no-deps on the no-deps route), each
+    under constraints that hold every installed package and every pin; the failures, as text."""
+    released = (decision.choice.package, *decision.uninstall)
+    constraints = tempfile.NamedTemporaryFile("w", suffix="-ort-turbo-constraints.txt", delete=False)
+    try:
+        with constraints:
+            constraints.write("".join(line + "\n" for line in
+                                      freeze_constraints(host.installed, pins=host.pins, release=released)))
+        held = f'-c "{constraints.name}" {NETWORK_ARGS}'
+        steps = []
+        if decision.deps:
+            steps.append((quoted(decision.deps), "", "ONNX Runtime's requirements"))
+        flags = "--no-deps " if decision.no_deps else ""
+        steps += [(quoted([r]), flags, f"ONNX Runtime ({r})") for r in decision.install]
+        for requirements, flags, desc in steps:
+            try:
+                pip(f"install {flags}{requirements} {held}", desc)
+            except RuntimeError as e:
+                return [f"{requirements}: {e}"]  # the runtime without its requirements would not import
+        return []
+    finally:
+        os.unlink(constraints.name)

@@ -98,16 +98,17 @@ def run_olive_child(job: dict, work: Path, label: str, toolchain: Toolchain, *, 
 
 def optimize_export(export_folder: str | os.PathLike, ep: str, registry: Registry, *, checkpoint: dict,
                     toolchain: Toolchain = Toolchain(), shape_ranges: dict | None = None,
-                    timeout: float | None = None, progress=None) -> Artefact:
+                    timeout: float | None = None, progress=None, recipe: dict | None = None) -> Artefact:
     """Optimize the export in ``export_folder`` for ``ep`` and register it for ``checkpoint``.
 
     ``checkpoint`` is ``{"hash": sha256, "name": display name}``. ``progress`` is an optional
-    ``callable(fraction, message)``, called about once a second while the child runs.
+    ``callable(fraction, message)``, called about once a second while the child runs. ``recipe``
+    replaces ``ep``'s own (tests: an fp16 graph the CPU provider runs).
     """
     report = progress or (lambda fraction, message: None)
     export_folder = Path(export_folder)
     info = load_export_info(export_folder)
-    recipe = get_recipe(ep)
+    recipe = recipe or get_recipe(ep)
     work = registry.new_work_folder(f"optimize-{ep}")
     log_path = work / "olive.log"
     try:
@@ -116,6 +117,8 @@ def optimize_export(export_folder: str | os.PathLike, ep: str, registry: Registr
             "ep": ep,
             "work_dir": str(work),
             "weights_file": WEIGHTS_FILE,
+            "fp32_time_embedding": recipe.get("fp32_time_embedding"),
+            "placement_provider": recipe["provider"],
             "olive_config": olive_config(recipe, str(export_folder), MODEL_FILE, str(olive_out), str(work / "cache")),
         }
         start = time.perf_counter()
@@ -144,6 +147,9 @@ def optimize_export(export_folder: str | os.PathLike, ep: str, registry: Registr
             "data_files": data_files,
             "recipe": recipe,
             "fused_ops": result["fused_ops"],
+            "fp32_nodes": result.get("fp32_nodes", []),
+            # Memcpy nodes in the graph ORT optimized for the provider (None: the toolchain's ORT lacks it)
+            "placement": result.get("placement"),
             "min_runtime_ort": MIN_RUNTIME_ORT[ep],
             "versions": {"torch": info["torch"], "olive_expected": OLIVE_VERSION, "ort_turbo": __version__,
                          **result["versions"]},

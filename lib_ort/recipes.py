@@ -62,11 +62,15 @@ _DML_FUSIONS = {
     "enable_bias_add": False,
 }
 
+#: fp16 recipes keep the time embedding (timestep -> Mul -> Sin/Cos) in fp32: after the fp16 pass the
+#: optimization child rebuilds it from the fp32 export and makes the timestep input FLOAT
+#: (``graph.fp32_time_embedding``).
 RECIPES: dict[str, dict] = {
     "cuda": {
         "provider": "CUDAExecutionProvider",
         "device": "gpu",
         "precision": "fp16",
+        "fp32_time_embedding": True,
         "passes": {
             "optimize": {
                 "type": "OrtTransformersOptimization",
@@ -171,7 +175,7 @@ def _vae_pass(unet_recipe: dict, float16: bool) -> dict:
 
 
 VAE_RECIPES: dict[tuple[str, str], dict] = {
-    (ep, precision): dict(copy.deepcopy({k: v for k, v in RECIPES[ep].items() if k != "passes"}),
+    (ep, precision): dict(copy.deepcopy({k: v for k, v in RECIPES[ep].items() if k not in ("passes", "fp32_time_embedding")}),
                           precision=precision, model_type="vae", passes=_vae_pass(RECIPES[ep], precision == "fp16"))
     for ep, precisions in (("cuda", ("fp16", "fp32")), ("dml", ("fp16", "fp32")), ("cpu", ("fp32",)),
                            ("tensorrt", ("fp32",)))
@@ -189,6 +193,14 @@ def cpu_fp16_vae_recipe() -> dict:
     output is fp16, so a VAE that overflows in fp16 gives inf/NaN here exactly as on CUDA: the NaN guard
     can be checked on a machine without a GPU. Slow; not offered to users."""
     return dict(get_vae_recipe("cpu", "fp32"), precision="fp16",
+                passes={"fp16": {"type": "OnnxFloatToFloat16", "keep_io_types": False, **_EXTERNAL_DATA}})
+
+
+def cpu_fp16_unet_recipe() -> dict:
+    """An fp16 UNet graph the CPU provider runs, with the time embedding kept fp32 as in the CUDA recipe:
+    the fp16 numerics (fp32 timestep, the NaN guard on an overflowing UNet) can be checked without a GPU.
+    Slow; not offered to users."""
+    return dict(get_recipe("cpu"), precision="fp16", fp32_time_embedding=True,
                 passes={"fp16": {"type": "OnnxFloatToFloat16", "keep_io_types": False, **_EXTERNAL_DATA}})
 
 

@@ -27,6 +27,8 @@ MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 _TMP_PREFIX = ".tmp-"
 _STALE_TMP_S = 24 * 3600
+#: hidden work folders: the registry's own, and the raw export's (lib_ort.export.staged_folder)
+_WORK_PREFIXES = (_TMP_PREFIX, ".export-")
 
 
 def artefact_id(checkpoint_hash: str, ep: str, precision: str, kind: str = "unet", vae_hash: str | None = None) -> str:
@@ -48,12 +50,19 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", text.split("+")[0])[:3])
 
 
+def version_at_least(have: str, need: str) -> bool:
+    """``have`` >= ``need`` for versions like "1.17.0" or "1.20.1+cu12" (major, minor, patch)."""
+    return _version_tuple(have) >= _version_tuple(need)
+
+
 def runtime_ort_version() -> str | None:
+    """The importable ONNX Runtime's version; None when it is missing or its import fails (any exception:
+    a broken install must not make listing artefacts fail; running one says why)."""
     try:
         import onnxruntime
 
         return onnxruntime.__version__
-    except ImportError:
+    except Exception:
         return None
 
 
@@ -191,14 +200,17 @@ class Registry:
         shutil.rmtree(trash, ignore_errors=True)
 
     def sweep(self, max_age_s: float = _STALE_TMP_S) -> int:
-        """Remove temporary folders left by interrupted writes; returns how many were removed."""
+        """Remove temporary folders left by interrupted writes (a killed export), in the registry and one level
+        below it (the raw exports' own staging folders); returns how many were removed."""
         if not self.root.is_dir():
             return 0
         removed = 0
-        for p in self.root.iterdir():
-            if p.name.startswith(_TMP_PREFIX) and time.time() - p.stat().st_mtime > max_age_s:
-                shutil.rmtree(p, ignore_errors=True)
-                removed += 1
+        places = [self.root, *(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))]
+        for place in places:
+            for p in place.iterdir():
+                if p.name.startswith(_WORK_PREFIXES) and p.is_dir() and time.time() - p.stat().st_mtime > max_age_s:
+                    shutil.rmtree(p, ignore_errors=True)
+                    removed += 1
         return removed
 
     def _validate(self, folder: Path, checkpoint_hash: str | None = None) -> Artefact:
@@ -209,6 +221,13 @@ class Registry:
             manifest = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise ArtefactError(f"{folder.name}: {MANIFEST} is unreadable ({exc}). Delete it and export again.")
+        try:
+            return self._check(folder, manifest, checkpoint_hash)
+        except (KeyError, TypeError, AttributeError) as exc:  # a manifest edited or cut short by hand
+            raise ArtefactError(f"{folder.name}: {MANIFEST} is incomplete ({type(exc).__name__}: {exc}). "
+                                "Delete it and export again.") from exc
+
+    def _check(self, folder: Path, manifest: dict, checkpoint_hash: str | None) -> Artefact:
         if manifest.get("format") != FORMAT_VERSION:
             raise ArtefactError(
                 f"{folder.name}: made by another version of ORT Turbo (manifest format "
@@ -228,7 +247,7 @@ class Registry:
                     "(truncated or replaced). Export again.")
         need = manifest.get("min_runtime_ort")
         have = runtime_ort_version()
-        if need and have and _version_tuple(have) < _version_tuple(need):
+        if need and have and not version_at_least(have, need):
             raise ArtefactError(
                 f"{folder.name}: needs ONNX Runtime {need} or newer for its {manifest['ep']} ops; "
                 f"this WebUI has {have}. Update onnxruntime or export again.")

@@ -6,13 +6,20 @@ network. :func:`probe_host` fills a ``Host`` from the running interpreter using 
 ``importlib.metadata`` and a few file reads: it never imports torch or onnxruntime, so a relaunch
 with everything in place costs milliseconds.
 
-The facts the table rests on (measured from the wheels on PyPI, see ``shared/host/README.md``):
+The facts the table rests on (measured from the wheels on PyPI, see ``tests/data/webui-host/README.md``):
 
 * every ONNX Runtime from 1.27 on requires protobuf >= 4.25.8; the WebUI pins protobuf 3.20.0;
 * onnxruntime-gpu 1.19 … 1.26 links CUDA 12 + cuDNN 9, 1.27 on links CUDA 13, 1.17/1.18 CUDA 11 +
   cuDNN 8; no PyPI build links CUDA 12 + cuDNN 8 (the WebUI v1.10.1 default torch 2.1.2+cu121);
 * onnxruntime 1.24 on needs Python >= 3.11 (the WebUI on Windows runs 3.10): version *ranges* are
-  used, so pip picks the newest release that has a wheel for this Python.
+  used, so pip picks the newest release that has a wheel for this Python;
+* ONNX Runtime does not import protobuf at run time, so for CUDA 13 under the protobuf 3.20.0 pin
+  onnxruntime-gpu >= 1.27 is installed with ``--no-deps`` and its other requirements (absent ones
+  only) beside it: every pin stays as it is (the "no-deps route").
+
+"Nothing fits" is never an outcome: every host gets at least the CPU runtime. A CUDA torch on a
+machine that shows no NVIDIA driver gets the CPU runtime too (the driver check reads a few paths:
+no GPU is probed, nothing is imported).
 
 All ONNX Runtime variants install the same ``onnxruntime`` module folder: installing a second one
 overwrites the first, and uninstalling either later breaks the other. So an installed variant is
@@ -39,6 +46,15 @@ ORT_GPU_CUDA12 = (1, 19)
 #: Side-installed cuDNN 9 for ORT when torch carries cuDNN 8 (different soname, same pip name).
 CUDNN9_REQUIREMENT = "nvidia-cudnn-cu12>=9.1,<10"
 CUDNN9_FOLDER = "cudnn9-cu12"
+#: Python that onnxruntime-gpu >= 1.27 (the CUDA 13 builds) has wheels for (their Requires-Python).
+PYTHON_FOR_CUDA_13 = (3, 11)
+#: Requires-Dist without extras of onnxruntime-gpu 1.27.0 ... 1.31.1 and onnxruntime 1.27 ... 1.32.0, read
+#: from the wheels' METADATA (2026-11-29; 1.17 ... 1.20 also listed coloredlogs and sympy). The no-deps
+#: route installs the absent ones besides protobuf; once a runtime is installed, its own metadata
+#: (``Host.requires``) is checked at each start instead, so a later release's new requirement is added.
+NEW_ORT_REQUIREMENTS = ("flatbuffers", "numpy>=1.21.6", "packaging", "protobuf>=4.25.8")
+#: The requirement the no-deps route leaves unmet on purpose (ONNX Runtime does not import it).
+UNMET_ON_PURPOSE = "protobuf"
 
 #: Opt-in to replacing an installed ONNX Runtime variant that cannot serve the chosen provider.
 REPLACE_ENV = "ORT_TURBO_REPLACE_ORT"
@@ -90,6 +106,8 @@ class Host:
     installed: dict = dataclasses.field(default_factory=dict)  # normalized name -> version
     pins: dict = dataclasses.field(default_factory=dict)       # the WebUI's pins: name -> version
     side_cudnn9: str | None = None            # version in our side folder, if complete
+    nvidia_driver: bool | None = None         # an NVIDIA driver is visible (None: not looked)
+    requires: dict = dataclasses.field(default_factory=dict)  # installed variant -> its Requires-Dist
 
     def variants(self) -> dict[str, str]:
         return {name: self.installed[name] for name in VARIANTS if name in self.installed}
@@ -108,16 +126,16 @@ class Choice:
     """The ONNX Runtime that suits this host, before looking at what is installed."""
 
     ep: str                          # the execution provider recipe ORT Turbo will use: cuda, dml, cpu
-    package: str | None              # distribution to install, or None when none on PyPI fits
+    package: str                     # distribution to install
     low: tuple[int, ...] = MIN_ORT   # inclusive
     high: tuple[int, ...] | None = None  # exclusive
     cudnn9_side: bool = False        # cuDNN 9 must be installed beside torch's cuDNN 8
     reasons: tuple[str, ...] = ()
+    no_deps: bool = False            # install ``package`` with --no-deps (the no-deps route) ...
+    deps: tuple[str, ...] = ()       # ... after these, its absent other requirements
 
     @property
-    def requirement(self) -> str | None:
-        if self.package is None:
-            return None
+    def requirement(self) -> str:
         spec = f"{self.package}>={_fmt(self.low)}"
         return spec + (f",<{_fmt(self.high)}" if self.high else "")
 
@@ -132,8 +150,10 @@ class Decision:
     """What install.py does: nothing, install ``requirements``, or report a conflict."""
 
     choice: Choice
-    action: str                      # "ok" | "install" | "conflict" | "unavailable"
+    action: str                      # "ok" | "install" | "conflict"
     install: tuple[str, ...] = ()    # pip requirements for the WebUI's environment
+    deps: tuple[str, ...] = ()       # absent requirements of the runtime, installed first (under constraints)
+    no_deps: bool = False            # ``install`` goes in with --no-deps (the no-deps route)
     uninstall: tuple[str, ...] = ()  # only with the user's opt-in (REPLACE_ENV)
     side: tuple[str, ...] = ()       # pip requirements installed into our own side folder (cuDNN 9)
     keep: str | None = None          # an installed variant that is kept as it is
@@ -142,20 +162,33 @@ class Decision:
 
     @property
     def needs_pip(self) -> bool:
-        return bool(self.install or self.side or self.uninstall)
+        return bool(self.install or self.deps or self.side or self.uninstall)
 
 
 def choose(host: Host) -> Choice:
-    """The package, version range and provider for this torch build and OS (the decision table)."""
+    """The package, version range and provider for this torch build and OS (the decision table).
+
+    Every row names a package: where no GPU build fits, the CPU runtime does."""
     why: list[str] = []
     pb = host.protobuf_limit()
     cap = ORT_PROTOBUF_4_AND_CUDA_13 if pb else None
     if pb:
         why.append(f"protobuf stays at {_fmt(pb)} (the WebUI pins it): ONNX Runtime >= 1.27 needs "
                    f"protobuf >= {_fmt(PROTOBUF_FOR_NEW_ORT)}, so the newest usable release is 1.26")
+
+    def cpu(reason: str, *, alone: bool = False) -> Choice:
+        """The CPU runtime; ``alone``: the reason is the one line that says what and why."""
+        choice = Choice("cpu", "onnxruntime", MIN_ORT, cap)
+        if alone:
+            below = f" (below 1.27, which would need a newer protobuf than {_fmt(pb)})" if cap else ""
+            return dataclasses.replace(choice, reasons=(f"{reason}: CPU runtime {choice.requirement}{below}",))
+        return dataclasses.replace(choice, reasons=tuple(why + [f"{reason}: CPU runtime"]))
+
     cuda = host.torch_cuda
     if host.torch and cuda:
         label = f"torch {host.torch} is built for CUDA {_fmt(cuda)}"
+        if host.nvidia_driver is False:
+            return cpu(f"torch {host.torch} is a CUDA build, but this machine shows no NVIDIA driver", alone=True)
         cudnn = host.torch_cudnn
         if cuda[0] == 11:
             return Choice("cuda", "onnxruntime-gpu", MIN_ORT, ORT_GPU_CUDA12, False, tuple(why + [
@@ -170,24 +203,32 @@ def choose(host: Host) -> Choice:
             return Choice("cuda", "onnxruntime-gpu", ORT_GPU_CUDA12, high, False, tuple(why + [
                 f"{label} with cuDNN {cudnn or 9}: onnxruntime-gpu 1.19-1.26 link CUDA 12 + cuDNN 9"]))
         if cuda[0] >= 13:
-            if cap:
-                return Choice("cuda", None, reasons=tuple(why + [
-                    f"{label}: only onnxruntime-gpu >= 1.27 links CUDA 13, and those need a newer "
-                    f"protobuf than the WebUI pins"]))
-            return Choice("cuda", "onnxruntime-gpu", ORT_PROTOBUF_4_AND_CUDA_13, None, False, tuple(why + [
-                f"{label}: onnxruntime-gpu >= 1.27 link CUDA 13 + cuDNN 9"]))
-        return Choice("cpu", "onnxruntime", MIN_ORT, cap, False, tuple(why + [
-            f"{label}, which no onnxruntime-gpu on PyPI supports: CPU runtime"]))
+            if host.python < PYTHON_FOR_CUDA_13:
+                return cpu(f"{label}: onnxruntime-gpu >= 1.27 (the CUDA 13 builds) has wheels for Python >= "
+                           f"{_fmt(PYTHON_FOR_CUDA_13)} only, and this WebUI runs Python {_fmt(host.python)}")
+            if not cap:
+                return Choice("cuda", "onnxruntime-gpu", ORT_PROTOBUF_4_AND_CUDA_13, None, False, tuple(why + [
+                    f"{label}: onnxruntime-gpu >= 1.27 link CUDA 13 + cuDNN 9"]))
+            wanted = [r for r in NEW_ORT_REQUIREMENTS if requirement_name(r) != UNMET_ON_PURPOSE]
+            absent, clashing = unmet_requirements(wanted, host)
+            if clashing:
+                return cpu(f"{label}: onnxruntime-gpu >= 1.27 also needs {', '.join(clashing)}, which would "
+                           f"change an installed package")
+            return Choice("cuda", "onnxruntime-gpu", ORT_PROTOBUF_4_AND_CUDA_13, None, False, (
+                f"{label}: onnxruntime-gpu >= 1.27 (CUDA 13 + cuDNN 9) is installed with --no-deps, since it "
+                f"asks for protobuf >= {_fmt(PROTOBUF_FOR_NEW_ORT)} but never imports it: the WebUI keeps "
+                f"protobuf {_fmt(pb)}"
+                + (f"; its other requirements that are missing go in first: {', '.join(absent)}" if absent else ""),),
+                no_deps=True, deps=absent)
+        return cpu(f"{label}, which no onnxruntime-gpu on PyPI supports")
     if host.torch_hip:
-        return Choice("cpu", "onnxruntime", MIN_ORT, cap, False, tuple(why + [
-            f"torch {host.torch} is a ROCm build; ONNX Runtime's ROCm/MIGraphX builds are not on PyPI "
-            f"and ORT Turbo has no ROCm recipe: CPU runtime"]))
+        return cpu(f"torch {host.torch} is a ROCm build; ONNX Runtime's ROCm/MIGraphX builds are not on PyPI "
+                   f"and ORT Turbo has no ROCm recipe")
     if host.os == "windows":
         return Choice("dml", "onnxruntime-directml", MIN_ORT, cap, False, tuple(why + [
             f"Windows with {'torch-directml' if host.torch_directml else 'a torch without CUDA'}: "
-            f"onnxruntime-directml runs on any DirectX 12 GPU"]))
-    what = f"torch {host.torch} has no CUDA" if host.torch else "no torch is installed"
-    return Choice("cpu", "onnxruntime", MIN_ORT, cap, False, tuple(why + [f"{what}: CPU runtime"]))
+            f"onnxruntime-directml runs on any DirectX 12 GPU, and on the CPU"]))
+    return cpu(f"torch {host.torch} has no CUDA" if host.torch else "no torch is installed")
 
 
 def decide(host: Host, *, replace: bool = False, python: str = "PYTHON") -> Decision:
@@ -202,47 +243,112 @@ def decide(host: Host, *, replace: bool = False, python: str = "PYTHON") -> Deci
     if choice.cudnn9_side and host.side_cudnn9:
         reasons.append(f"cuDNN {host.side_cudnn9} is in place in ORT Turbo's folder")
     variants = host.variants()
-    if choice.package is None:
-        fallback = [f"{n} {v}" for n, v in variants.items()]
-        return Decision(choice, "unavailable", reasons=tuple(reasons), advice=(
-            "No ONNX Runtime on PyPI fits this WebUI without changing a package it pins.",
-            f"Installed now: {', '.join(fallback) or 'none'}; ORT Turbo uses it for CPU artefacts if there is one.",
-            f"To use CUDA anyway: {pip} install \"onnxruntime-gpu>=1.27\" (this upgrades protobuf, "
-            f"which the WebUI puts back to its pin at the next start; ONNX Runtime itself does not "
-            f"import protobuf, so it keeps working)."))
+    route = dict(deps=choice.deps, no_deps=choice.no_deps)
     wanted = choice.package
     if not variants:
-        return Decision(choice, "install", install=(choice.requirement,), side=side,
+        return Decision(choice, "install", install=(choice.requirement,), side=side, **route,
                         reasons=tuple(reasons + [f"no ONNX Runtime is installed: installing {choice.requirement}"]))
+    kept = None
     if list(variants) == [wanted] and choice.admits(variants[wanted]):
+        kept = wanted
         reasons.append(f"{wanted} {variants[wanted]} is installed and fits")
-        return Decision(choice, "install" if side else "ok", side=side, keep=wanted, reasons=tuple(reasons))
-    # something else is installed: keep it if it serves the chosen provider
-    servers = {n: v for n, v in variants.items() if _serves(n, v, choice, host)}
-    if len(variants) == 1 and servers:
-        (name, version), = servers.items()
-        reasons.append(f"{name} {version} is installed (by another extension or by hand) and can serve "
-                       f"the {choice.ep} provider: kept as it is")
-        return Decision(choice, "install" if side else "ok", side=side, keep=name, reasons=tuple(reasons))
+    else:  # something else is installed: keep it if it serves the chosen provider
+        servers = {n: v for n, v in variants.items() if _serves(n, v, choice, host)}
+        if len(variants) == 1 and servers:
+            (kept, version), = servers.items()
+            reasons.append(f"{kept} {version} is installed (by another extension or by hand) and can serve "
+                           f"the {choice.ep} provider: kept as it is")
+    if kept:
+        # a runtime installed with --no-deps (here, by hand or by another extension) may lack a requirement
+        absent, clashing = unmet_requirements(
+            [r for r in host.requires.get(kept, ()) if requirement_name(r) != UNMET_ON_PURPOSE], host)
+        if absent:
+            reasons.append(f"{kept} needs {', '.join(absent)}, which are missing: installing them")
+        if clashing:
+            reasons.append(f"{kept} asks for {', '.join(clashing)}; left as it is (a package the WebUI has "
+                           f"is never changed)")
+        return Decision(choice, "install" if side or absent else "ok", side=side, deps=absent, keep=kept,
+                        reasons=tuple(reasons))
     installed = ", ".join(f"{n} {v}" for n, v in variants.items())
     problem = _conflict_text(variants, choice, host)
-    commands = []
-    if variants:
-        commands.append(f"{pip} uninstall -y {' '.join(variants)}")
-    commands.append(f"{pip} install \"{choice.requirement}\"")
+    commands = [f"{pip} uninstall -y {' '.join(variants)}"]
+    if choice.deps:
+        commands.append(f"{pip} install {quoted(choice.deps)}")
+    commands.append(f"{pip} install {'--no-deps ' if choice.no_deps else ''}{quoted([choice.requirement])}")
+    also_cpu = " (other extensions that import onnxruntime keep working; onnxruntime-gpu and " \
+               "onnxruntime-directml also run on the CPU)" if choice.ep != "cpu" else ""
     advice = (
         f"Installed: {installed}. {problem}",
         "All ONNX Runtime packages share one 'onnxruntime' module folder, so ORT Turbo does not install "
         "a second one on top, and never uninstalls one that another extension may use.",
-        "To switch (other extensions that import onnxruntime keep working; onnxruntime-gpu and "
-        "onnxruntime-directml also run on the CPU): " + " && ".join(commands),
+        f"To switch{also_cpu}: " + " && ".join(commands),
         f"or start the WebUI once with {REPLACE_ENV}=1 and ORT Turbo does exactly that.",
     )
     if replace:
         reasons.append(f"{REPLACE_ENV}=1: replacing {installed} with {choice.requirement}")
         return Decision(choice, "install", install=(choice.requirement,), uninstall=tuple(variants), side=side,
-                        reasons=tuple(reasons))
+                        **route, reasons=tuple(reasons))
     return Decision(choice, "conflict", reasons=tuple(reasons + [problem]), advice=advice)
+
+
+def quoted(requirements) -> str:
+    """Requirements as pip's command line takes them (``>`` and ``<`` would redirect in a shell)."""
+    return " ".join(f'"{r}"' for r in requirements)
+
+
+# ---------------------------------------------------------------------------------------------
+# Requirements (the few specifier forms ONNX Runtime's metadata uses; no dependency on packaging)
+
+_REQUIREMENT = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*\(?([^;)]*)\)?\s*(?:;(.*))?$")
+_CLAUSE = re.compile(r"\s*(~=|===|==|!=|>=|<=|>|<)\s*([^\s,]+)\s*$")
+
+
+def requirement_name(requirement: str) -> str:
+    found = _REQUIREMENT.match(requirement)
+    return normalize(found.group(1)) if found else ""
+
+
+def satisfies(version: str, specifier: str) -> bool:
+    """Whether ``version`` meets a specifier such as ``>=1.21.6,<2`` (``~=``, ``==1.2.*`` included)."""
+    have = version_tuple(version)
+    for clause in filter(None, (c.strip() for c in specifier.split(","))):
+        found = _CLAUSE.match(clause)
+        if not found:
+            return False  # a form this does not read: not known to be met
+        op, text = found.groups()
+        if text.endswith(".*"):
+            prefix = version_tuple(text[:-2])
+            ok = have[:len(prefix)] == prefix
+            if op in ("==", "!=") and ok != (op == "=="):
+                return False
+            continue
+        want = version_tuple(text)
+        width = max(len(have), len(want))
+        a, b = have + (0,) * (width - len(have)), want + (0,) * (width - len(want))
+        ok = {"==": a == b, "===": a == b, "!=": a != b, ">=": a >= b, "<=": a <= b, ">": a > b, "<": a < b,
+              "~=": a >= b and have[:len(want) - 1] == want[:-1]}[op]
+        if not ok:
+            return False
+    return True
+
+
+def unmet_requirements(requirements, host: Host) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(absent, clashing): requirements whose distribution is neither installed nor pinned, which pip
+    may add; and those that name an installed or pinned distribution at a version they exclude, which
+    would change a package the WebUI has. Requirements under an environment marker (extras, other
+    platforms) are left out: the measured ONNX Runtime metadata has none outside extras."""
+    absent, clashing = [], []
+    for requirement in requirements:
+        found = _REQUIREMENT.match(requirement)
+        if not found or found.group(3):
+            continue
+        name, specifier = normalize(found.group(1)), found.group(2).strip()
+        have = host.installed.get(name) or host.pins.get(name)
+        if specifier and have and not satisfies(have, specifier):
+            clashing.append(f"{requirement.strip()} (the WebUI has {have})")
+        elif have is None:  # a pinned one is the WebUI's to install, at its pin
+            absent.append(requirement.strip())
+    return tuple(absent), tuple(clashing)
 
 
 def _serves(name: str, version: str, choice: Choice, host: Host) -> bool:
@@ -354,6 +460,41 @@ def _torch_build(installed: dict) -> tuple[tuple | None, int | None, str | None]
     return cuda, cudnn, hip
 
 
+#: Files an NVIDIA driver leaves (Linux, containers with the NVIDIA runtime, WSL2, Windows): seeing
+#: one is enough; none of them and no ``nvidia-smi`` on PATH means no GPU that ORT's CUDA provider could use.
+NVIDIA_DRIVER_FILES = {
+    "linux": ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0", "/usr/lib/wsl/lib/libcuda.so.1",
+              "/usr/lib/wsl/lib/nvidia-smi"),
+    "windows": ("{SystemRoot}/System32/nvcuda.dll", "{SystemRoot}/System32/nvidia-smi.exe"),
+    "darwin": (),
+}
+
+
+def nvidia_driver_visible(os_name: str, *, environ=None, exists=os.path.exists, which=None) -> bool:
+    """Whether this machine shows an NVIDIA driver: a few path checks, no GPU probed, nothing imported."""
+    import shutil
+
+    environ = os.environ if environ is None else environ
+    root = environ.get("SystemRoot", "C:/Windows")
+    if any(exists(path.format(SystemRoot=root)) for path in NVIDIA_DRIVER_FILES.get(os_name, ())):
+        return True
+    return os_name != "darwin" and (which or shutil.which)("nvidia-smi") is not None
+
+
+def _variant_requires(installed: dict) -> dict[str, tuple[str, ...]]:
+    """Requires-Dist of the installed ONNX Runtime variants (one or two METADATA files)."""
+    from importlib import metadata
+
+    found = {}
+    for name in VARIANTS:
+        if name in installed:
+            try:
+                found[name] = tuple(metadata.requires(name) or ())
+            except metadata.PackageNotFoundError:
+                pass
+    return found
+
+
 def probe_host(*, pins_file: str | os.PathLike | None = None, side_cudnn9: str | None = None) -> Host:
     """Read this interpreter's environment into a :class:`Host`, without importing torch."""
     installed = installed_distributions()
@@ -361,15 +502,18 @@ def probe_host(*, pins_file: str | os.PathLike | None = None, side_cudnn9: str |
     os_name = {"win32": "windows", "darwin": "darwin"}.get(sys.platform, "linux")
     return Host(os=os_name, python=sys.version_info[:2], torch=installed.get("torch"), torch_cuda=cuda,
                 torch_cudnn=cudnn, torch_hip=hip, torch_directml="torch-directml" in installed,
-                installed=installed, pins=read_pins(pins_file), side_cudnn9=side_cudnn9)
+                installed=installed, pins=read_pins(pins_file), side_cudnn9=side_cudnn9,
+                nvidia_driver=nvidia_driver_visible(os_name) if cuda else None,
+                requires=_variant_requires(installed))
 
 
-def freeze_constraints(installed: dict, *, release: tuple[str, ...] = ()) -> list[str]:
-    """``name==version`` for every installed distribution except ``release``: given to pip as
-    constraints, pip may add packages but cannot change one that is there (pins included)."""
+def freeze_constraints(installed: dict, *, pins: dict | None = None, release: tuple[str, ...] = ()) -> list[str]:
+    """``name==version`` for every installed distribution, and every pin not installed, except
+    ``release``: given to pip as constraints, pip may add packages but cannot change one that is there,
+    and adds a pinned one only at its pin."""
     keep_free = {normalize(n) for n in release}
     lines = []
-    for name, version in sorted(installed.items()):
+    for name, version in sorted({**(pins or {}), **installed}.items()):
         if name in keep_free:
             continue
         if re.fullmatch(r"\d+(\.\d+)*((a|b|rc)\d+)?(\.post\d+)?(\.dev\d+)?(\+[A-Za-z0-9.]+)?", version):

@@ -6,10 +6,12 @@ without their hardware, can still be inspected and tested; ``create_session`` an
 ``CudaRunner`` then only carry the plan out.
 
 * CPU: zero-copy numpy views of torch tensors, intra-op threads matching torch's.
-* CUDA: IO binding on torch CUDA tensors (no copies), torch's current stream as ORT's compute
-  stream, ``onnxruntime.preload_dlls()`` where it exists, and an optional static mode with CUDA
-  graphs: one ``gpu_graph_id`` per input shape, each with its own fixed buffers, instead of
-  rebuilding the session whenever the shape changes.
+* CUDA: IO binding on torch CUDA tensors (no copies), a dedicated non-zero torch stream as ORT's
+  compute stream, ordered against torch's by events (:class:`StreamOrder`), cuDNN 9 from a side folder
+  loaded by absolute path (``cuda_libraries``), the VRAM policy's options (``vram``), and an optional
+  static mode with CUDA graphs: one ``gpu_graph_id`` per input shape, each with its own fixed buffers,
+  all replayed from one thread (:class:`GraphPolicy`).
+* TensorRT: only when libnvinfer loads; profiles from what is asked for, else a small default.
 * A session that ONNX Runtime quietly created on another provider (what it does when the CUDA
   libraries fail to load) is refused with the reason, never used.
 """
@@ -20,7 +22,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from .errors import OrtTurboError
+from .errors import OrtTurboError, RuntimeUnavailable
 
 PROVIDER_NAMES = {
     "cpu": "CPUExecutionProvider",
@@ -31,6 +33,71 @@ PROVIDER_NAMES = {
 
 #: how many CUDA graphs (distinct input shapes) one session keeps in static mode
 DEFAULT_MAX_CUDA_GRAPHS = 8
+
+#: TensorRT profile when the user asks for nothing else: batch 1-4 rows, 512-1024 px, 77-154 tokens (a
+#: profile's maximum is what TensorRT sizes its memory for; the demo uses batch 1-8 at 256-1024 px)
+DEFAULT_TRT_RANGES = {"batch": [1, 4], "height_px": [512, 1024], "width_px": [512, 1024], "sequence": [77, 154]}
+#: the shape TensorRT tunes for inside the profile
+TRT_OPT = {"batch": 1, "height_px": 512, "width_px": 512, "sequence": 77}
+
+
+# -- streams -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamOrder:
+    """How a CUDA run is ordered against torch's stream, as steps carried out by :func:`run_ordered`.
+
+    Handle 0 is CUDA's legacy default stream, which ORT reads as "no stream given"
+    (``has_user_compute_stream = user_compute_stream != nullptr``): it then runs on its own non-blocking
+    stream. So a shared stream is only ever a dedicated non-zero one, and only then is ORT's own
+    synchronization disabled; otherwise torch's pending work is waited for before the run and ORT
+    synchronizes after it (its default).
+    """
+
+    handle: int | None  # the ORT compute stream handle, None when ORT uses its own stream
+    steps: tuple
+
+    @property
+    def shared(self) -> bool:
+        return self.handle is not None
+
+
+#: ORT runs on a dedicated torch stream: it waits for torch's stream, the inputs are marked in use by it
+#: (torch's allocator must not hand their memory out before ORT is done), and torch's stream waits for it.
+SHARED_STREAM_STEPS = (("wait", "ort", "torch"), ("record_inputs", "ort"), ("run",), ("wait", "torch", "ort"))
+#: ORT on its own stream: finish torch's queued work first (ORT's stream is not ordered against it); ORT
+#: synchronizes its own stream before the run returns.
+OWN_STREAM_STEPS = (("synchronize", "torch"), ("run",))
+
+
+def stream_order(handle: int | None) -> StreamOrder:
+    if handle:  # neither None nor 0
+        return StreamOrder(int(handle), SHARED_STREAM_STEPS)
+    return StreamOrder(None, OWN_STREAM_STEPS)
+
+
+def run_ordered(order: StreamOrder, run, *, torch_stream, ort_stream, inputs=(), synchronize=None):
+    """Carry out ``order`` around ``run()``; ``torch_stream``/``ort_stream`` are ``torch.cuda.Stream``s (or
+    stand-ins with ``wait_stream``), ``inputs`` the tensors ORT reads, ``synchronize`` waits for torch."""
+    streams = {"torch": torch_stream, "ort": ort_stream}
+    result = None
+    for step in order.steps:
+        if step[0] == "wait":
+            streams[step[1]].wait_stream(streams[step[2]])
+        elif step[0] == "record_inputs":
+            for t in inputs:
+                t.record_stream(streams[step[1]])
+        elif step[0] == "synchronize":
+            synchronize()
+        elif step[0] == "run":
+            result = run()
+        else:
+            raise ValueError(f"unknown stream step {step!r}")
+    return result
+
+
+# -- the session plan --------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -45,51 +112,101 @@ class SessionPlan:
     preload_dlls: bool
     #: extra folders whose cuDNN ORT loads first (cuDNN 9 beside a torch that ships cuDNN 8)
     dll_directories: list = dataclasses.field(default_factory=list)
+    stream: StreamOrder | None = None  # CUDA/TensorRT only
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def _cuda_options(device_id: int, stream: int | None, cuda_graph: bool) -> dict:
+def conv_algo_search(cuda_graph: bool) -> str:
+    """cuDNN's convolution algorithm search. EXHAUSTIVE (ORT's default) benchmarks every algorithm at each
+    new input shape: with dynamic shapes every new (batch, height, width) pays it, for SD-Turbo's 1-4 steps
+    often more than it saves. With static graphs each shape is captured once and replayed many times, so
+    the search is paid once per shape and the fastest kernels are kept."""
+    return "EXHAUSTIVE" if cuda_graph else "HEURISTIC"
+
+
+def _cuda_options(device_id: int, order: StreamOrder, cuda_graph: bool, extra: dict | None = None) -> dict:
     options = {
         "device_id": str(device_id),
         "arena_extend_strategy": "kSameAsRequested",
         "enable_cuda_graph": "1" if cuda_graph else "0",
+        "cudnn_conv_algo_search": conv_algo_search(cuda_graph),
+        **(extra or {}),
     }
-    if stream is not None:
-        options["user_compute_stream"] = str(stream)
+    if order.shared:
+        options["user_compute_stream"] = str(order.handle)
     return options
 
 
-def _trt_profiles(input_names, io: dict, ranges: dict) -> dict:
-    """TensorRT optimization profile strings: min / opt (batch 1 at 512 px, or the range) / max."""
+def trt_ranges(shape_ranges: dict, requested: dict | None = None) -> dict:
+    """The TensorRT profile's ranges: what was asked for (else :data:`DEFAULT_TRT_RANGES`) inside what the
+    artefact allows (``shape_ranges`` in latent units, as in a manifest). Pixel ranges in the result."""
+    wanted = requested or DEFAULT_TRT_RANGES
+    allowed = {"batch": shape_ranges["batch"], "sequence": shape_ranges.get("sequence", [1, 1]),
+               "height_px": [8 * v for v in shape_ranges["height"]], "width_px": [8 * v for v in shape_ranges["width"]]}
+    out = {}
+    for key, (lo, hi) in wanted.items():
+        a_lo, a_hi = allowed[key]
+        out[key] = [max(lo, a_lo), min(hi, a_hi)]
+        if out[key][0] > out[key][1]:
+            raise OrtTurboError(f"the TensorRT {key} range {lo}..{hi} lies outside this artefact's {a_lo}..{a_hi}")
+    return out
 
-    def shapes(batch, h, w, seq):
-        dims = {
-            "sample": (batch, io["in_channels"], h, w),
-            "timestep": (batch,),
-            "encoder_hidden_states": (batch, seq, io["context_dim"]),
-            "y": (batch, io["adm_dim"] or 0),
-        }
-        return ",".join(f"{n}:{'x'.join(str(d) for d in dims[n])}" for n in input_names)
 
-    b, hh, ww, ss = ranges["batch"], ranges["height"], ranges["width"], ranges["sequence"]
-    clamp = lambda v, r: min(max(v, r[0]), r[1])
-    return {
-        "trt_profile_min_shapes": shapes(b[0], hh[0], ww[0], ss[0]),
-        "trt_profile_opt_shapes": shapes(clamp(1, b), clamp(64, hh), clamp(64, ww), clamp(77, ss)),
-        "trt_profile_max_shapes": shapes(b[1], hh[1], ww[1], ss[1]),
-    }
+def _profile_strings(shape_of, ranges: dict) -> dict:
+    opt = {k: min(max(TRT_OPT[k], lo), hi) for k, (lo, hi) in ranges.items()}
+    pick = lambda i: {k: (v[i] if i < 2 else opt[k]) for k, v in ranges.items()}  # noqa: E731
+    return {f"trt_profile_{label}_shapes": shape_of(pick(i)) for i, label in ((0, "min"), (2, "opt"), (1, "max"))}
+
+
+def unet_trt_profiles(manifest: dict, requested: dict | None = None) -> dict:
+    """TensorRT optimization profile strings (min / opt / max) for a UNet artefact."""
+    io = manifest["io"]
+    ranges = trt_ranges(manifest["shape_ranges"], requested)
+
+    def shape_of(r):
+        b, h, w, s = r["batch"], r["height_px"] // 8, r["width_px"] // 8, r["sequence"]
+        dims = {"sample": (b, io["in_channels"], h, w), "timestep": (b,),
+                "encoder_hidden_states": (b, s, io["context_dim"]), "y": (b, io.get("adm_dim") or 0)}
+        return ",".join(f"{n}:{'x'.join(str(d) for d in dims[n])}" for n in manifest["input_names"])
+
+    return _profile_strings(shape_of, ranges)
+
+
+def vae_trt_profiles(input_name: str, channels: int, pixels_per_unit: int, requested: dict | None = None) -> dict:
+    """Profiles for a VAE part: the decoder takes latents (``pixels_per_unit`` 8), the encoder images (1)."""
+    wanted = dict(requested or DEFAULT_TRT_RANGES)
+    wanted.pop("sequence", None)
+    ranges = {k: list(v) for k, v in wanted.items()}
+
+    def shape_of(r):
+        dims = (r["batch"], channels, r["height_px"] // pixels_per_unit, r["width_px"] // pixels_per_unit)
+        return f"{input_name}:{'x'.join(str(d) for d in dims)}"
+
+    return _profile_strings(shape_of, ranges)
+
+
+def default_trt_cache() -> Path:
+    from .install_layout import Layout
+
+    return Layout.default().trt_cache
 
 
 def plan_session(ep: str, *, manifest: dict | None = None, device_id: int = 0, stream: int | None = None,
                  cuda_graph: bool = False, intra_op_threads: int | None = None,
-                 cache_dir: str | os.PathLike | None = None, cpu_memory_arena: bool = True) -> SessionPlan:
-    """What the session for ``ep`` is made of. ``stream`` is a CUDA stream handle (an int).
+                 cache_dir: str | os.PathLike | None = None, cpu_memory_arena: bool = True,
+                 trt_profiles: dict | None = None, cuda_options: dict | None = None,
+                 shrink_arena: bool = False) -> SessionPlan:
+    """What the session for ``ep`` is made of. ``stream`` is a CUDA stream handle (an int): a dedicated
+    non-zero stream is shared with ORT, 0 or None leaves ORT on its own stream (see :class:`StreamOrder`).
 
     ``cpu_memory_arena=False`` lets ORT's CPU provider free each buffer after the run instead of keeping
     it in its arena: for graphs whose activations are hundreds of MB (the VAE at 512²) that was measured
-    faster on CPU (decoder 21.8 s against 24.1 s with the arena, alternating A/B, 3 of 3 pairs)."""
+    faster on CPU (decoder 21.8 s against 24.1 s with the arena, alternating A/B, 3 of 3 pairs).
+    ``shrink_arena`` gives the device arena's unused memory back after each run (the VAE: large, rare
+    activations that would otherwise stay reserved). ``trt_profiles`` overrides the profiles computed from
+    ``manifest``; ``cuda_options`` adds CUDA provider options (the VRAM policy's)."""
     if ep not in PROVIDER_NAMES:
         raise ValueError(f"unknown execution provider {ep!r}; choose one of: {', '.join(PROVIDER_NAMES)}")
     session_options = {"graph_optimization_level": "ORT_ENABLE_ALL", "execution_mode": "ORT_SEQUENTIAL"}
@@ -112,13 +229,17 @@ def plan_session(ep: str, *, manifest: dict | None = None, device_id: int = 0, s
                                 ("CPUExecutionProvider", {})],
                            session_options, session_config, run_config,
                            io_binding=False, cuda_graph=False, preload_dlls=False)
-    cuda = _cuda_options(device_id, stream, cuda_graph and ep == "cuda")
-    if stream is not None:
-        # ORT runs on torch's stream; torch orders the work, so ORT need not synchronize after a run
+    order = stream_order(stream)
+    graphs = cuda_graph and ep == "cuda"
+    cuda = _cuda_options(device_id, order, graphs, cuda_options)
+    if order.shared:
+        # ORT runs on our dedicated stream, ordered by StreamOrder's events: it need not synchronize itself
         run_config["disable_synchronize_execution_providers"] = "1"
+    if shrink_arena:
+        run_config["memory.enable_memory_arena_shrinkage"] = f"gpu:{device_id}"
     providers = [("CUDAExecutionProvider", cuda), ("CPUExecutionProvider", {})]
     if ep == "tensorrt":
-        cache = str(Path(cache_dir) if cache_dir else Path.cwd() / "trt-cache")
+        cache = str(Path(cache_dir) if cache_dir else default_trt_cache())
         trt = {
             "device_id": str(device_id),
             "trt_fp16_enable": "True",
@@ -128,14 +249,15 @@ def plan_session(ep: str, *, manifest: dict | None = None, device_id: int = 0, s
             "trt_timing_cache_path": cache,
             "trt_cuda_graph_enable": "True" if cuda_graph else "False",
         }
-        if manifest is not None:
-            trt.update(_trt_profiles(manifest["input_names"], manifest["io"], manifest["shape_ranges"]))
-        if stream is not None:
-            trt["user_compute_stream"] = str(stream)
+        if trt_profiles is None and manifest is not None:
+            trt_profiles = unet_trt_profiles(manifest)
+        trt.update(trt_profiles or {})
+        if order.shared:
+            trt["user_compute_stream"] = str(order.handle)
         providers.insert(0, ("TensorrtExecutionProvider", trt))
     return SessionPlan(ep, providers, session_options, session_config, run_config,
-                       io_binding=True, cuda_graph=cuda_graph and ep == "cuda", preload_dlls=True,
-                       dll_directories=side_cudnn_directories())
+                       io_binding=True, cuda_graph=graphs, preload_dlls=True,
+                       dll_directories=side_cudnn_directories(), stream=order)
 
 
 def side_cudnn_directories() -> list[str]:
@@ -146,34 +268,62 @@ def side_cudnn_directories() -> list[str]:
     return [str(lib)] if lib.is_dir() else []
 
 
+def import_onnxruntime():
+    """``onnxruntime``, or ``RuntimeUnavailable`` with why not (missing, or its import raised anything)."""
+    try:
+        import onnxruntime
+    except Exception as exc:
+        raise RuntimeUnavailable(
+            f"ONNX Runtime cannot be imported in this Python ({type(exc).__name__}: {exc}). Run the WebUI once "
+            "without --skip-install so ORT Turbo's install.py installs it, or pip install onnxruntime.") from exc
+    return onnxruntime
+
+
 def require_provider(ep: str) -> None:
-    """Raise ``OrtTurboError`` unless the installed ONNX Runtime offers the provider of ``ep``."""
-    import onnxruntime as ort
+    """Raise ``RuntimeUnavailable`` unless the installed ONNX Runtime offers the provider of ``ep``."""
+    ort = import_onnxruntime()
 
     wanted = PROVIDER_NAMES[ep]
     available = ort.get_available_providers()
     if wanted not in available:
-        raise OrtTurboError(
+        raise RuntimeUnavailable(
             f"this ONNX Runtime ({ort.__version__}) has no {wanted}; it has {', '.join(available)}. "
             "Install the matching onnxruntime package or choose another execution provider.")
 
 
+def require_tensorrt_libraries(find=None) -> str:
+    """onnxruntime-gpu lists TensorRT whether or not TensorRT is installed, then quietly builds a CUDA
+    session. Raise ``OrtTurboError`` unless libnvinfer loads; the library's name otherwise."""
+    from .cuda_libraries import NVINFER_NAMES, tensorrt_library
+
+    found = (find or tensorrt_library)()
+    if not found:
+        names = NVINFER_NAMES["nt" if os.name == "nt" else "posix"]
+        raise OrtTurboError(
+            f"TensorRT is not installed here (none of {', '.join(names)} could be loaded). Install TensorRT 10 with "
+            "its lib folder on the library path (LD_LIBRARY_PATH on Linux, PATH on Windows) or choose the CUDA "
+            "provider.")
+    return found
+
+
 def create_session(model_path: str | os.PathLike, plan: SessionPlan):
     """Carry out ``plan``: an ``onnxruntime.InferenceSession`` on the planned provider, or an error."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     require_provider(plan.ep)
+    if plan.ep == "tensorrt":
+        require_tensorrt_libraries()
     wanted = plan.providers[0][0]
-    if plan.preload_dlls and hasattr(ort, "preload_dlls"):
-        for directory in plan.dll_directories:
+    if plan.preload_dlls:
+        from .cuda_libraries import load_side_cudnn9
+
+        if plan.dll_directories:
+            load_side_cudnn9(plan.dll_directories)  # by absolute path, checked; raises OrtTurboError
+        elif hasattr(ort, "preload_dlls"):
             try:
-                ort.preload_dlls(cuda=False, cudnn=True, msvc=False, directory=directory)
-            except Exception as exc:
-                raise OrtTurboError(f"could not load cuDNN 9 from {directory}: {exc}") from exc
-        try:
-            ort.preload_dlls()
-        except Exception:  # torch's own CUDA libraries may already be loaded, which is fine
-            pass
+                ort.preload_dlls()  # CUDA/cuDNN from pip packages, where torch has not loaded them
+            except Exception:  # torch's own CUDA libraries may already be loaded, which is fine
+                pass
     options = ort.SessionOptions()
     for key, value in plan.session_options.items():
         if key == "graph_optimization_level":
@@ -186,6 +336,12 @@ def create_session(model_path: str | os.PathLike, plan: SessionPlan):
     try:
         session = ort.InferenceSession(str(model_path), sess_options=options, providers=plan.providers)
     except Exception as exc:
+        if plan.ep == "tensorrt":
+            profiles = {k: v for k, v in plan.providers[0][1].items() if k.startswith("trt_profile")}
+            raise OrtTurboError(
+                f"TensorRT could not build its engine for {Path(model_path).parent.name} (profiles {profiles}): {exc}. "
+                "Engines need much GPU memory and time for large profiles; try smaller sizes or the CUDA provider."
+            ) from exc
         raise OrtTurboError(f"ONNX Runtime could not load {Path(model_path).parent.name} on {wanted}: {exc}") from exc
     used = session.get_providers()
     if not used or used[0] != wanted:
@@ -251,14 +407,64 @@ class CudaGraphBook:
         return self.ids[key]
 
 
-class CudaRunner:
-    """Runs a CUDA/TensorRT session on torch CUDA tensors through IO binding."""
+@dataclasses.dataclass(frozen=True)
+class GraphPolicy:
+    """Whether a session captures CUDA graphs, and why.
 
-    def __init__(self, session, plan: SessionPlan, output_name: str, max_graphs: int = DEFAULT_MAX_CUDA_GRAPHS):
+    ORT keeps captured graphs per calling thread (``cuda_graph_`` lives in the CUDA provider's
+    PerThreadContext, captured after 2 regular runs), and the WebUI calls the UNet from whichever worker
+    thread runs the job: each (shape, thread) pair would capture again. So graph runs all go through one
+    dedicated thread (:class:`GraphThread`). Graphs stay off unless asked for (at SD-Turbo's 1-4 steps
+    the capture may cost more than replay saves; the GPU check measures it), and are refused when the
+    optimized graph has Memcpy nodes (nodes placed on the CPU), which ORT cannot capture.
+    """
+
+    use_graphs: bool
+    dedicated_thread: bool
+    reason: str
+
+
+def graph_policy(requested: bool, ep: str, memcpy_nodes: int | None) -> GraphPolicy:
+    if not requested:
+        return GraphPolicy(False, False, "CUDA graphs not asked for")
+    if ep != "cuda":
+        return GraphPolicy(False, False, f"CUDA graphs are for the CUDA provider, not {ep}")
+    if memcpy_nodes:
+        return GraphPolicy(False, False, f"CUDA graphs refused: the optimized graph has {memcpy_nodes} Memcpy "
+                                         "node(s) (some nodes run on the CPU), which ORT cannot capture")
+    return GraphPolicy(True, True, "CUDA graphs on, replayed on one dedicated thread")
+
+
+class GraphThread:
+    """One worker thread that makes every run of a graph-capturing session, whichever thread asks."""
+
+    def __init__(self, name: str = "ort-turbo-cuda-graphs"):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    def call(self, fn):
+        return self._pool.submit(fn).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
+class CudaRunner:
+    """Runs a CUDA/TensorRT session on torch CUDA tensors through IO binding.
+
+    ``ort_stream`` is the dedicated ``torch.cuda.Stream`` whose handle the plan gave ORT (None when ORT
+    runs on its own stream); ``graph_thread`` the :class:`GraphThread` of a graph-capturing session.
+    """
+
+    def __init__(self, session, plan: SessionPlan, output_name: str, max_graphs: int = DEFAULT_MAX_CUDA_GRAPHS,
+                 *, ort_stream=None, graph_thread: GraphThread | None = None):
         self.session = session
         self.plan = plan
         self.output_name = output_name
         self.graphs = CudaGraphBook(max_graphs) if plan.cuda_graph else None
+        self.ort_stream = ort_stream
+        self.graph_thread = graph_thread
         self._static: dict[tuple, tuple[dict, object]] = {}  # shape key -> (input buffers, output buffer)
 
     def bindings_for(self, feeds: dict, output_shape: tuple, output_dtype) -> tuple[BindingPlan, object]:
@@ -281,10 +487,9 @@ class CudaRunner:
             buffers[name].copy_(t)  # a captured graph replays on fixed addresses
         return binding_plan(buffers, {self.output_name: out}, graph_id), out
 
-    def run(self, feeds: dict, output_shape: tuple, output_dtype):
+    def _run_bound(self, plan: BindingPlan) -> None:
         import onnxruntime as ort
 
-        plan, out = self.bindings_for(feeds, output_shape, output_dtype)
         binding = self.session.io_binding()
         for t in plan.inputs:
             binding.bind_input(t.name, t.device_type, t.device_id, _np_dtype(t.element_type), t.shape, t.data_ptr)
@@ -294,11 +499,61 @@ class CudaRunner:
         for key, value in {**self.plan.run_config, **plan.run_config()}.items():
             run_options.add_run_config_entry(key, value)
         self.session.run_with_iobinding(binding, run_options)
+
+    def call(self, plan: BindingPlan) -> None:
+        """One session run of ``plan``, on the graph thread when there is one."""
+        if self.graph_thread is not None:
+            return self.graph_thread.call(lambda: self._run_bound(plan))
+        return self._run_bound(plan)
+
+    def run(self, feeds: dict, output_shape: tuple, output_dtype):
+        import torch
+
+        plan, out = self.bindings_for(feeds, output_shape, output_dtype)
+        run = lambda: self.call(plan)  # noqa: E731
+        device = out.device
+        inputs = list(feeds.values()) if plan.graph_id is None or plan.graph_id < 0 else list(self._static_inputs(feeds))
+        run_ordered(self.plan.stream or stream_order(None), run, torch_stream=torch.cuda.current_stream(device),
+                    ort_stream=self.ort_stream, inputs=inputs, synchronize=lambda: torch.cuda.synchronize(device))
         # a static buffer is overwritten by the next call of the same shape
         return out.clone() if plan.graph_id is not None and plan.graph_id >= 0 else out
+
+    def _static_inputs(self, feeds: dict):
+        key = tuple((n, tuple(t.shape), t.dtype) for n, t in feeds.items())
+        return self._static[key][0].values()
 
 
 def _np_dtype(name: str):
     import numpy as np
 
     return np.dtype(name)
+
+
+# -- placement ------------------------------------------------------------------------------------
+
+
+def placement_report(model_path: str | os.PathLike, provider_options: list) -> dict | None:
+    """Count the Memcpy nodes in the graph ORT makes of ``model_path`` for ``provider_options`` (the
+    ``providers`` list of a session): it saves its optimized graph once (``optimized_model_filepath``,
+    weights to a side file) into a temporary folder, which is read and removed. None when this ONNX
+    Runtime lacks the first provider (an Olive toolchain without onnxruntime-gpu)."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    from .graph import memcpy_count
+
+    provider = provider_options[0][0]
+    if provider not in ort.get_available_providers():
+        return None
+    with tempfile.TemporaryDirectory(prefix="ort-turbo-placement-") as tmp:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", "optimized.bin")
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        session = ort.InferenceSession(str(model_path), sess_options=options, providers=provider_options)
+        used = session.get_providers()
+        del session
+        count = memcpy_count(Path(tmp) / "optimized.onnx")
+    return {"memcpy_nodes": count, "provider": provider, "providers_used": used, "onnxruntime": ort.__version__}

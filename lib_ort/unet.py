@@ -1,8 +1,14 @@
 """``OrtUnet``: an artefact's ONNX UNet called like the WebUI's PyTorch UNet.
 
 Torch tensors in (fp16 or fp32, on any device the provider can use), a torch tensor out with the
-input's dtype and device. Inputs the artefact cannot serve raise ``UnsupportedInput`` with a reason
-a person can read, before anything runs; the WebUI layer turns that into a PyTorch fallback.
+input's dtype and device. Each input is fed in the dtype the artefact declares for it (an fp16 artefact
+takes its timestep in fp32: the time embedding is computed in fp32, as the WebUI does). Inputs the
+artefact cannot serve raise ``UnsupportedInput`` with a reason a person can read, before anything runs;
+the WebUI layer turns that into a PyTorch fallback.
+
+The NaN guard: an fp16 artefact whose output is not finite (fp16 overflow, e.g. SD 2.x attention, which
+would give a black image) raises :class:`NonFiniteOutput`, an ``UnsupportedInput``, so that call runs on
+PyTorch; the artefact is remembered for the rest of the session and goes straight to PyTorch after that.
 """
 
 from __future__ import annotations
@@ -11,34 +17,87 @@ import torch
 
 from .errors import OrtTurboError, UnsupportedInput
 from .registry import Artefact
-from .sessions import CudaRunner, create_session, plan_session, require_provider
+from .sessions import (CudaRunner, GraphThread, create_session, graph_policy, placement_report, plan_session,
+                       require_provider, trt_ranges, unet_trt_profiles)
 
 _TORCH_DTYPES = {"FLOAT": torch.float32, "FLOAT16": torch.float16}
+
+#: ids of fp16 artefacts whose output overflowed in this session -> the message said
+_OVERFLOWED: dict[str, str] = {}
+
+
+class NonFiniteOutput(UnsupportedInput):
+    """The fp16 artefact gave NaN/inf; ``first_time`` is True only the first time for that artefact."""
+
+    def __init__(self, reason: str, first_time: bool):
+        super().__init__(reason)
+        self.first_time = first_time
+
+
+def forget_overflows() -> None:
+    _OVERFLOWED.clear()
+
+
+def input_dtypes(manifest: dict) -> dict:
+    """The torch dtype each graph input is fed in, from the manifest's ``io_types``."""
+    return {n: _TORCH_DTYPES[manifest["io_types"][n]] for n in manifest["input_names"]}
 
 
 class OrtUnet:
     def __init__(self, artefact: Artefact, *, device_id: int = 0, cuda_graph: bool = False,
-                 intra_op_threads: int | None = None, cache_dir=None):
+                 intra_op_threads: int | None = None, cache_dir=None, trt_request: dict | None = None):
         self.artefact = artefact
         m = artefact.manifest
         self.io = m["io"]
         self.ranges = m["shape_ranges"]
         self.input_names = list(m["input_names"])
         self.output_name = m["output_name"]
-        self.input_dtype = _TORCH_DTYPES[m["io_types"]["sample"]]
+        self.input_dtypes = input_dtypes(m)
         self.output_dtype = _TORCH_DTYPES[m["io_types"][self.output_name]]
+        self.guarded = m.get("precision", "fp32") != "fp32"
         self.ep = artefact.ep
         require_provider(self.ep)
-        stream = None
+        self.stream = None
+        self.vram = None
+        cuda_options = None
+        trt_profiles = None
         if self.ep in ("cuda", "tensorrt"):
             if not torch.cuda.is_available():
                 raise OrtTurboError(f"the {self.ep} artefact needs a CUDA build of torch with a GPU; this torch has none")
-            stream = torch.cuda.current_stream(device_id).cuda_stream
-        self.plan = plan_session(self.ep, manifest=m, device_id=device_id, stream=stream, cuda_graph=cuda_graph,
-                                 intra_op_threads=intra_op_threads, cache_dir=cache_dir)
+            from .vram import check_before_session, weights_bytes
+
+            self.vram = check_before_session(weights_bytes(artefact.folder, [m["model_file"], *m.get("data_files", [])]),
+                                             device_id)
+            cuda_options = self.vram.provider_options
+            # a dedicated, non-zero stream: handle 0 would leave ORT unordered on its own stream
+            self.stream = torch.cuda.Stream(device=device_id)
+            if self.ep == "tensorrt":
+                trt_profiles = unet_trt_profiles(m, trt_request)
+                r = trt_ranges(m["shape_ranges"], trt_request)  # shapes outside the profile fall back
+                self.ranges = {"batch": r["batch"], "height": [v // 8 for v in r["height_px"]],
+                               "width": [v // 8 for v in r["width_px"]], "sequence": r["sequence"]}
+        memcpy = (m.get("placement") or {}).get("memcpy_nodes")
+        if cuda_graph and self.ep == "cuda" and memcpy is None:
+            # not measured when the artefact was made (a toolchain without onnxruntime-gpu): graphs need it
+            memcpy = placement_report(artefact.model_path, plan_session("cuda", device_id=device_id).providers)["memcpy_nodes"]
+        self.graphs = graph_policy(cuda_graph, self.ep, memcpy)
+        self.plan = plan_session(self.ep, manifest=m, device_id=device_id,
+                                 stream=self.stream.cuda_stream if self.stream is not None else None,
+                                 cuda_graph=self.graphs.use_graphs, intra_op_threads=intra_op_threads,
+                                 cache_dir=cache_dir, trt_profiles=trt_profiles, cuda_options=cuda_options)
         self.session = create_session(artefact.model_path, self.plan)
-        self.runner = CudaRunner(self.session, self.plan, self.output_name) if self.plan.io_binding else None
+        self.runner = None
+        if self.plan.io_binding:
+            thread = GraphThread() if self.graphs.dedicated_thread else None
+            self.runner = CudaRunner(self.session, self.plan, self.output_name, ort_stream=self.stream,
+                                     graph_thread=thread)
         self.device = torch.device("cuda", device_id) if self.plan.io_binding else torch.device("cpu")
+
+    def release(self) -> None:
+        """Drop the session (its device memory goes back once nothing else holds it)."""
+        if self.runner is not None and self.runner.graph_thread is not None:
+            self.runner.graph_thread.close()
+        self.session = self.runner = None
 
     # -- checks --------------------------------------------------------------------------------
 
@@ -93,20 +152,31 @@ class OrtUnet:
     def __call__(self, x, timesteps, context, y=None, **kwargs):
         return self.forward(x, timesteps, context, y=y, **kwargs)
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y=None, **kwargs):
-        if kwargs.get("control") is not None:
-            raise UnsupportedInput("ControlNet residuals are not supported by the ONNX UNet yet")
-        self.check(x, timesteps, context, y)
+    def feeds(self, x, timesteps, context, y=None) -> dict:
+        """The graph's inputs, each in its own dtype on the session's device, contiguous."""
         b = x.shape[0]
         if timesteps.numel() == 1 and b > 1:
             timesteps = timesteps.reshape(1).expand(b)
         values = {"sample": x, "timestep": timesteps.reshape(b), "encoder_hidden_states": context, "y": y}
-        feeds = {n: values[n].to(self.device, self.input_dtype).contiguous() for n in self.input_names}
-        out_shape = (b, self.io["out_channels"], x.shape[2], x.shape[3])
+        return {n: values[n].to(self.device, self.input_dtypes[n]).contiguous() for n in self.input_names}
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y=None, **kwargs):
+        if kwargs.get("control") is not None:
+            raise UnsupportedInput("ControlNet residuals are not supported by the ONNX UNet yet")
+        self.check(x, timesteps, context, y)
+        if self.guarded and self.artefact.id in _OVERFLOWED:
+            raise NonFiniteOutput(f"{_OVERFLOWED[self.artefact.id]} (seen earlier this session)", False)
+        feeds = self.feeds(x, timesteps, context, y)
+        out_shape = (x.shape[0], self.io["out_channels"], x.shape[2], x.shape[3])
         if self.runner is not None:
             out = self.runner.run(feeds, out_shape, self.output_dtype)
         else:
             # zero-copy numpy views in, ORT's numpy array out as a tensor without a copy
             result = self.session.run([self.output_name], {n: t.numpy() for n, t in feeds.items()})[0]
             out = torch.from_numpy(result)
+        if self.guarded and not bool(torch.isfinite(out).all()):
+            message = (f"the fp16 ONNX UNet {self.artefact.id} gave NaN/inf (fp16 overflow); PyTorch runs this "
+                       "model's UNet for the rest of the session")
+            _OVERFLOWED[self.artefact.id] = message
+            raise NonFiniteOutput(message, True)
         return out.to(x.device, x.dtype)

@@ -21,7 +21,7 @@ import torch
 
 from .errors import OrtTurboError, UnsupportedInput
 from .registry import Artefact
-from .sessions import CudaRunner, create_session, plan_session, require_provider
+from .sessions import CudaRunner, create_session, plan_session, require_provider, vae_trt_profiles
 
 _TORCH_DTYPES = {"FLOAT": torch.float32, "FLOAT16": torch.float16}
 
@@ -36,18 +36,40 @@ class OrtVae:
         self.precision = m["precision"]
         self.vae_hash = m["vae"]["hash"]
         self.ep = artefact.ep
+        self.intra_op_threads = intra_op_threads
         require_provider(self.ep)
-        stream = None
+        self.device_id = device_id
+        self.stream = None
+        self.cuda_options = None
         if self.ep in ("cuda", "tensorrt"):
             if not torch.cuda.is_available():
                 raise OrtTurboError(f"the {self.ep} VAE needs a CUDA build of torch with a GPU; this torch has none")
-            stream = torch.cuda.current_stream(device_id).cuda_stream
-        self.plan = plan_session(self.ep, device_id=device_id, stream=stream, intra_op_threads=intra_op_threads,
-                                 cpu_memory_arena=False)  # 512² activations: faster without the arena on CPU
+            from .vram import check_before_session, weights_bytes
+
+            files = [m["model_file"], *m.get("data_files", [])]
+            self.cuda_options = check_before_session(weights_bytes(artefact.folder, files), device_id,
+                                                     what="the ONNX VAE").provider_options
+            self.stream = torch.cuda.Stream(device=device_id)  # dedicated and non-zero, see sessions.StreamOrder
+        self.plan = self._plan(None)
         self.device = torch.device("cuda", device_id) if self.plan.io_binding else torch.device("cpu")
         self._sessions: dict[str, tuple] = {}
         self._lock = threading.Lock()
         self._part("decoder")  # fail now, not in the middle of a generation, if the decoder cannot load
+
+    def _plan(self, part: str | None):
+        """The session plan (per part: TensorRT needs the part's own profile). On the GPU the arena gives
+        its memory back after each run: VAE activations are large and needed once per image."""
+        profiles = None
+        if self.ep == "tensorrt" and part is not None:
+            d, decoder = self.description, part == "decoder"
+            profiles = vae_trt_profiles(self.artefact.manifest["parts"][part]["input_name"],
+                                        d["latent_channels"] if decoder else d["image_channels"],
+                                        d["scale"] if decoder else 1)
+        return plan_session(self.ep, device_id=self.device_id,
+                            stream=self.stream.cuda_stream if self.stream is not None else None,
+                            intra_op_threads=self.intra_op_threads, trt_profiles=profiles, cuda_options=self.cuda_options,
+                            cpu_memory_arena=False,  # 512² activations: faster without the arena on CPU
+                            shrink_arena=self.ep in ("cuda", "tensorrt"))
 
     @property
     def id(self) -> str:
@@ -63,8 +85,9 @@ class OrtVae:
                 spec = self.artefact.manifest["parts"].get(part)
                 if spec is None:
                     raise UnsupportedInput(f"the VAE artefact {self.id} has no {part}; export the VAE again")
-                session = create_session(self.artefact.folder / spec["model_file"], self.plan)
-                runner = CudaRunner(session, self.plan, spec["output_name"]) if self.plan.io_binding else None
+                plan = self._plan(part)
+                session = create_session(self.artefact.folder / spec["model_file"], plan)
+                runner = CudaRunner(session, plan, spec["output_name"], ort_stream=self.stream) if plan.io_binding else None
                 types = spec["io_types"]
                 self._sessions[part] = (session, runner, _TORCH_DTYPES[types[spec["input_name"]]],
                                         _TORCH_DTYPES[types[spec["output_name"]]], spec["input_name"],

@@ -7,7 +7,7 @@ import gradio as gr
 
 from modules import script_callbacks, scripts, shared
 
-from lib_ort.webui import job, settings, ui, unet
+from lib_ort.webui import job, lifecycle, settings, ui, unet
 from lib_ort.webui import vae as ort_vae
 from lib_ort.webui.api import add_routes
 
@@ -17,6 +17,7 @@ script_callbacks.on_ui_tabs(lambda: [(ui.build_tab(), "ORT Turbo", "ort_turbo")]
 script_callbacks.on_app_started(lambda demo, app: add_routes(app))
 script_callbacks.on_app_started(lambda demo, app: ort_vae.add_routes(app))
 script_callbacks.on_after_component(ui.refresh_when_shown)
+script_callbacks.on_script_unloaded(lifecycle.unload)
 
 
 class OrtTurboScript(scripts.Script):

@@ -23,6 +23,11 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 
 TINY = ("tiny-sd1", "tiny-sd2", "tiny-sd2-inpaint", "tiny-sdxl")
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "registry: needs the package registry (PyPI); fails without it, "
+                                       "never skips (deselect with -m 'not registry')")
+
+
 _models: dict[str, torch.nn.Module] = {}
 
 

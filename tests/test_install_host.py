@@ -2,14 +2,22 @@
 
 Without network it changes nothing and says what it could not install; with network it adds only
 ONNX Runtime and its own dependencies, changing no installed package; the next launch makes no
-pip call and takes well under a second.
+pip call and takes well under a second. The second test takes the no-deps route (CUDA 13 under the
+protobuf 3.20.0 pin) for real in a small venv.
+
+Both need the package registry (marker ``registry``): without it they fail, they do not skip.
 """
 
+import json
 import re
+import subprocess
+import sys
 
 import pytest
 
-from webui_stub.host_env import host_venv
+from webui_stub.host_env import PINS, REPO, _pip_env, host_venv
+
+pytestmark = pytest.mark.registry
 
 DEPENDENCY_CLOSURE = """
 import re, sys
@@ -70,3 +78,80 @@ def test_install_py_leaves_the_webui_pins_alone_and_is_free_on_relaunch(host):
                           "print(onnxruntime.__version__, numpy.__version__, p.__version__, "
                           "onnxruntime.get_available_providers())")
     assert "1.26." in out and "1.26.2" in out and "3.20.0" in out and "CPUExecutionProvider" in out
+
+
+#: install_runtime.run in the venv's own interpreter, for a host whose torch is a CUDA 13 build
+#: (the venv has no torch: the Host says what a cu130 torch would), pip run as the WebUI runs it.
+NO_DEPS_ROUTE = """
+import dataclasses, io, json, subprocess, sys
+sys.path.insert(0, sys.argv[1])
+from lib_ort import install_runtime
+from lib_ort.install_layout import Layout
+from lib_ort.runtime_packages import probe_host
+calls = []
+def pip(args, desc):
+    calls.append(args)
+    done = subprocess.run(f'"{sys.executable}" -m pip {args} --prefer-binary', shell=True, capture_output=True,
+                          text=True)
+    if done.returncode:
+        raise RuntimeError(done.stdout[-2000:] + done.stderr[-2000:])
+host = dataclasses.replace(probe_host(pins_file=sys.argv[2]), torch="2.9.0+cu130", torch_cuda=(13, 0),
+                           torch_cudnn=9, nvidia_driver=True)
+out = io.StringIO()
+decision = install_runtime.run(pip, layout=Layout(sys.argv[3]), host=host, out=out, environ={})
+print(json.dumps({"action": decision.action, "calls": calls, "out": out.getvalue()}))
+"""
+
+def test_no_deps_route_for_cuda13_keeps_protobuf_3_20_and_the_runtime_works(tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+
+    def pip(*args):
+        return subprocess.run([python, "-m", "pip", *args], capture_output=True, text=True, env=_pip_env(), check=True)
+
+    def freeze():
+        listed = json.loads(pip("list", "--format=json").stdout)
+        return {re.sub(r"[-_.]+", "-", d["name"]).lower(): d["version"] for d in listed}
+
+    pip("install", "-q", "protobuf==3.20.0", "numpy==1.26.2", "packaging")
+    before = freeze()
+
+    def route():
+        done = subprocess.run([python, "-c", NO_DEPS_ROUTE, str(REPO), str(PINS), str(tmp_path / "data")],
+                              capture_output=True, text=True, env=_pip_env(), timeout=900)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return json.loads(done.stdout.splitlines()[-1])
+
+    first = route()
+    assert first["action"] == "install" and "could not install" not in first["out"], first["out"]
+    assert [c.split(" -c ")[0] for c in first["calls"]] == ['install "flatbuffers"',
+                                                           'install --no-deps "onnxruntime-gpu>=1.27"']
+    after = freeze()
+    assert {n: after.get(n) for n in before} == before  # protobuf 3.20.0, numpy 1.26.2: nothing changed
+    assert set(after) - set(before) == {"onnxruntime-gpu", "flatbuffers"}
+    assert tuple(int(p) for p in after["onnxruntime-gpu"].split(".")[:2]) >= (1, 27)
+
+    # the next start: everything in place (read from the runtime's own metadata), no pip call
+    second = route()
+    assert second["action"] == "ok" and second["calls"] == [], second["out"]
+
+    # the runtime runs a model on the CPU beside protobuf 3.20.0, and never imports protobuf
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    graph = helper.make_graph([helper.make_node("Add", ["x", "x"], ["y"])], "add", [x],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = tmp_path / "add.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), model)
+    ran = subprocess.run([python, "-c", "import sys, json, numpy, onnxruntime as ort; "
+                          "s = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider']); "
+                          "y = s.run(None, {'x': numpy.array([1.5, 2.0], numpy.float32)})[0]; "
+                          "print(json.dumps([y.tolist(), 'google.protobuf' in sys.modules, "
+                          "ort.get_available_providers()]))", str(model)],
+                         capture_output=True, text=True, env=_pip_env(), check=True).stdout
+    y, protobuf_loaded, providers = json.loads(ran)
+    assert np.allclose(y, [3.0, 4.0]) and not protobuf_loaded
+    assert "CPUExecutionProvider" in providers and "CUDAExecutionProvider" in providers

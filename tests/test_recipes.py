@@ -79,10 +79,67 @@ def test_cuda_recipe_fuses_every_unet_pattern_into_fp16(name, artefact_of):
     assert ops.get("BiasSplitGelu") == n["transformer_blocks"]
     assert ops.get("BiasAdd", 0) >= 1
     assert ops.get("SkipLayerNormalization", 0) >= 1
-    assert set(artefact.manifest["io_types"].values()) == {"FLOAT16"}
+    types = dict(artefact.manifest["io_types"])
+    assert types.pop("timestep") == "FLOAT" and set(types.values()) == {"FLOAT16"}  # time embedding: fp32
     inits = initializer_types(artefact.model_path)
     assert inits.get("FLOAT16", 0) > inits.get("FLOAT", 0)
     assert artefact.manifest["precision"] == "fp16" and artefact.manifest["min_runtime_ort"] == "1.17.0"
+
+
+def _time_embedding_types(model):
+    """Element types of the Sin/Cos outputs and of the constants they are computed from, by ONNX type
+    inference on the subgraph that feeds them (standard ops only; the rest holds contrib ops)."""
+    import onnx
+    from onnx import helper
+
+    producer = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name: t for t in model.graph.initializer}
+    sincos = [n for n in model.graph.node if n.op_type in ("Sin", "Cos")]
+    nodes, stack = [], list(sincos)
+    while stack:
+        n = stack.pop()
+        if n not in nodes:
+            nodes.append(n)
+            stack.extend(producer[i] for i in n.input if i in producer)
+    order = [n for n in model.graph.node if n in nodes]
+    inputs = [v for v in model.graph.input if any(v.name in n.input for n in order)]
+    used_inits = [inits[i] for n in order for i in n.input if i in inits]
+    outs = [helper.make_tensor_value_info(o, 0, None) for n in sincos for o in n.output]
+    sub = helper.make_model(helper.make_graph(order, "time", inputs, outs, used_inits),
+                            opset_imports=[o for o in model.opset_import if o.domain in ("", "ai.onnx")])
+    inferred = onnx.shape_inference.infer_shapes(sub, strict_mode=True)
+    types = {v.name: onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type)
+             for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    consts = {onnx.TensorProto.DataType.Name(a.t.data_type) for n in order if n.op_type == "Constant"
+              for a in n.attribute if a.name == "value"}
+    consts |= {onnx.TensorProto.DataType.Name(t.data_type) for t in used_inits}
+    return {n.op_type: types[n.output[0]] for n in sincos}, consts, [v.name for v in inputs], sincos
+
+
+@pytest.mark.parametrize("name", ["tiny-sd2", "tiny-sdxl"])
+def test_cuda_recipe_computes_the_time_embedding_in_fp32_from_an_fp32_timestep(name, artefact_of):
+    import onnx
+
+    artefact = artefact_of(name, "cuda")
+    model = onnx.load(str(artefact.model_path), load_external_data=False)
+    sincos, consts, inputs, nodes = _time_embedding_types(model)
+    assert sincos == {"Sin": "FLOAT", "Cos": "FLOAT"}
+    assert "FLOAT16" not in consts and "FLOAT" in consts  # the frequencies stay fp32, not rounded
+    assert "timestep" in inputs and artefact.manifest["io_types"]["timestep"] == "FLOAT"
+    readers = [n for n in model.graph.node for s in nodes if s.output[0] in n.input]
+    assert readers and all(n.op_type == "Cast" and n.attribute[0].i == onnx.TensorProto.FLOAT16 for n in readers)
+    assert {"Sin", "Cos"} <= {n.rsplit("/", 1)[-1] for n in artefact.manifest["fp32_nodes"]}
+
+
+def test_manifest_records_the_memcpy_count_where_it_could_be_measured(artefact_of):
+    import onnxruntime
+
+    assert artefact_of("tiny-sd2", "cpu").manifest["placement"]["memcpy_nodes"] == 0
+    placement = artefact_of("tiny-sd2", "cuda").manifest["placement"]
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        assert placement["memcpy_nodes"] == 0, placement
+    else:
+        assert placement is None  # this toolchain's ORT cannot place a graph on CUDA: not measured
 
 
 def test_dml_recipe_uses_only_directml_safe_fusions(artefact_of):

@@ -69,6 +69,48 @@ def test_interrupted_write_leaves_registry_readable_without_the_entry(tmp_path, 
     assert [p.name for p in tmp_path.iterdir()] == [kept.id]
 
 
+def test_sweep_reaches_the_raw_exports_staging_folders_and_keeps_fresh_ones(tmp_path):
+    """A process killed while it traced leaves ``exports/.export-*``; one still running must not lose its folder."""
+    reg = Registry(tmp_path)
+    kept = _fake_artefact(reg)
+    stale, fresh = tmp_path / "exports" / ".export-killed", tmp_path / "exports" / ".export-running"
+    for folder in (stale, fresh):
+        folder.mkdir(parents=True)
+        (folder / "model.onnx").write_bytes(b"half")
+    old = os.stat(stale).st_mtime - 2 * 24 * 3600
+    os.utime(stale, (old, old))
+    assert reg.sweep() == 1
+    assert not stale.exists() and fresh.exists() and [r.id for r in reg.list()] == [kept.id]
+
+
+def test_an_incomplete_manifest_is_an_invalid_row_not_an_exception(tmp_path):
+    reg = Registry(tmp_path)
+    a = _fake_artefact(reg)
+    manifest = json.loads((a.folder / MANIFEST).read_text())
+    del manifest["files"]
+    (a.folder / MANIFEST).write_text(json.dumps(manifest))
+    (row,) = reg.list()
+    assert not row.valid and "manifest.json is incomplete (KeyError: 'files')" in row.problem
+    with pytest.raises(ArtefactError, match="incomplete"):
+        reg.load(a.id)
+
+
+def test_an_onnxruntime_whose_import_raises_does_not_break_the_registry(tmp_path, monkeypatch):
+    import sys
+
+    from lib_ort import registry
+
+    class Broken:
+        def __getattr__(self, name):
+            raise OSError("cannot load onnxruntime_pybind11_state")
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", Broken())
+    assert registry.runtime_ort_version() is None
+    reg = Registry(tmp_path)
+    a = _fake_artefact(reg)
+    assert [r.valid for r in reg.list()] == [True] and reg.load(a.id).id == a.id
+
+
 def test_truncated_model_file_is_a_clear_error(tmp_path):
     reg = Registry(tmp_path)
     a = _fake_artefact(reg)

@@ -1,8 +1,13 @@
+import dataclasses
+
 import pytest
 import torch
 
 from lib_ort.errors import OrtTurboError
-from lib_ort.sessions import CudaGraphBook, CudaRunner, binding_plan, create_session, plan_session
+from lib_ort.cuda_libraries import find_tensorrt
+from lib_ort.sessions import (OWN_STREAM_STEPS, CudaGraphBook, CudaRunner, GraphThread, binding_plan, create_session,
+                              graph_policy, placement_report, plan_session, require_tensorrt_libraries, run_ordered,
+                              stream_order, unet_trt_profiles, vae_trt_profiles)
 
 MANIFEST = {
     "input_names": ["sample", "timestep", "encoder_hidden_states", "y"],
@@ -21,11 +26,12 @@ def test_cpu_plan_matches_torch_threads():
     assert plan_session("cpu", cpu_memory_arena=False).session_options["enable_cpu_mem_arena"] is False
 
 
-def test_cuda_plan_binds_on_torch_stream_with_optional_graphs():
+def test_cuda_plan_binds_on_a_dedicated_stream_with_optional_graphs():
     plan = plan_session("cuda", device_id=1, stream=123456, cuda_graph=True)
     assert plan.providers == [
         ("CUDAExecutionProvider", {"device_id": "1", "arena_extend_strategy": "kSameAsRequested",
-                                   "enable_cuda_graph": "1", "user_compute_stream": "123456"}),
+                                   "enable_cuda_graph": "1", "cudnn_conv_algo_search": "EXHAUSTIVE",
+                                   "user_compute_stream": "123456"}),
         ("CPUExecutionProvider", {}),
     ]
     assert plan.run_config == {"disable_synchronize_execution_providers": "1"}
@@ -35,19 +41,130 @@ def test_cuda_plan_binds_on_torch_stream_with_optional_graphs():
     assert plan_session("cuda").run_config == {}  # no shared stream: ORT synchronizes itself
 
 
-def test_tensorrt_plan_has_profiles_caches_and_cuda_fallback_for_unsupported_nodes(tmp_path):
+@pytest.mark.parametrize("handle", [None, 0])
+def test_stream_handle_0_is_never_given_to_ort_with_synchronization_disabled(handle):
+    """0 is CUDA's legacy default stream, which ORT reads as "no stream given" and then runs on its own."""
+    plan = plan_session("cuda", stream=handle)
+    assert "user_compute_stream" not in plan.providers[0][1]
+    assert "disable_synchronize_execution_providers" not in plan.run_config
+    assert plan.stream == stream_order(None) and plan.stream.steps == OWN_STREAM_STEPS
+    trt = plan_session("tensorrt", manifest=MANIFEST, stream=handle)
+    assert "user_compute_stream" not in trt.providers[0][1] and trt.run_config == {}
+
+
+class _Recorder:
+    def __init__(self):
+        self.events = []
+
+    def stream(self, name):
+        recorder = self
+
+        class Stream:
+            def wait_stream(self, other):
+                recorder.events.append(f"{name} waits for {other.name}")
+
+        s = Stream()
+        s.name = name
+        return s
+
+    def tensor(self, name):
+        recorder = self
+
+        class Tensor:
+            def record_stream(self, stream):
+                recorder.events.append(f"{name} in use by {stream.name}")
+
+        return Tensor()
+
+
+def test_shared_stream_order_is_torch_then_ort_then_torch():
+    rec = _Recorder()
+    result = run_ordered(stream_order(4242), lambda: rec.events.append("ORT runs") or "out",
+                         torch_stream=rec.stream("torch"), ort_stream=rec.stream("ort"),
+                         inputs=[rec.tensor("sample"), rec.tensor("timestep")],
+                         synchronize=lambda: rec.events.append("host waits"))
+    assert result == "out"
+    assert rec.events == ["ort waits for torch", "sample in use by ort", "timestep in use by ort", "ORT runs",
+                          "torch waits for ort"]
+
+
+def test_own_stream_order_waits_for_torch_before_ort_runs():
+    rec = _Recorder()
+    run_ordered(stream_order(0), lambda: rec.events.append("ORT runs"), torch_stream=rec.stream("torch"),
+                ort_stream=None, inputs=[rec.tensor("sample")], synchronize=lambda: rec.events.append("host waits"))
+    assert rec.events == ["host waits", "ORT runs"]
+
+
+def test_conv_algorithm_search_is_heuristic_for_dynamic_shapes_and_exhaustive_with_graphs():
+    assert plan_session("cuda", stream=5).providers[0][1]["cudnn_conv_algo_search"] == "HEURISTIC"
+    assert plan_session("cuda", stream=5, cuda_graph=True).providers[0][1]["cudnn_conv_algo_search"] == "EXHAUSTIVE"
+    assert plan_session("tensorrt", manifest=MANIFEST).providers[1][1]["cudnn_conv_algo_search"] == "HEURISTIC"
+
+
+def test_vram_policy_options_and_vae_arena_shrinkage_reach_the_plan():
+    plan = plan_session("cuda", stream=5, cuda_options={"cudnn_conv_use_max_workspace": "0"}, shrink_arena=True)
+    assert plan.providers[0][1]["cudnn_conv_use_max_workspace"] == "0"
+    assert plan.run_config["memory.enable_memory_arena_shrinkage"] == "gpu:0"
+    assert "memory.enable_memory_arena_shrinkage" not in plan_session("cuda").run_config
+
+
+def test_tensorrt_plan_has_small_default_profiles_caches_and_cuda_fallback(tmp_path):
     plan = plan_session("tensorrt", manifest=MANIFEST, stream=9, cache_dir=tmp_path)
     names = [p[0] for p in plan.providers]
     assert names == ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     trt = plan.providers[0][1]
     assert trt["trt_fp16_enable"] == "True" and trt["trt_engine_cache_path"] == str(tmp_path)
+    # batch 1-4, 512-1024 px, 77-154 tokens (not batch 16 at 2048 px), clamped to the artefact's 8 rows
     assert trt["trt_profile_min_shapes"] == (
         "sample:1x4x64x64,timestep:1,encoder_hidden_states:1x77x2048,y:1x2816")
     assert trt["trt_profile_opt_shapes"] == (
         "sample:1x4x64x64,timestep:1,encoder_hidden_states:1x77x2048,y:1x2816")
     assert trt["trt_profile_max_shapes"] == (
-        "sample:8x4x128x128,timestep:8,encoder_hidden_states:8x154x2048,y:8x2816")
+        "sample:4x4x128x128,timestep:4,encoder_hidden_states:4x154x2048,y:4x2816")
     assert trt["user_compute_stream"] == "9"
+
+
+def test_tensorrt_profiles_follow_what_is_asked_inside_the_artefact():
+    asked = {"batch": [2, 2], "height_px": [768, 768], "width_px": [512, 1024], "sequence": [77, 77]}
+    profiles = unet_trt_profiles(MANIFEST, asked)
+    assert profiles["trt_profile_min_shapes"].startswith("sample:2x4x96x64,")
+    assert profiles["trt_profile_max_shapes"].startswith("sample:2x4x96x128,")
+    assert profiles["trt_profile_opt_shapes"].startswith("sample:2x4x96x64,")
+    with pytest.raises(OrtTurboError, match="batch range 9..12 lies outside"):
+        unet_trt_profiles(MANIFEST, dict(asked, batch=[9, 12]))
+
+
+def test_vae_parts_get_their_own_tensorrt_profiles():
+    dec = vae_trt_profiles("latent", 4, 8)
+    enc = vae_trt_profiles("image", 3, 1)
+    assert dec == {"trt_profile_min_shapes": "latent:1x4x64x64", "trt_profile_opt_shapes": "latent:1x4x64x64",
+                   "trt_profile_max_shapes": "latent:4x4x128x128"}
+    assert enc["trt_profile_max_shapes"] == "image:4x3x1024x1024"
+    plan = plan_session("tensorrt", trt_profiles=dec, stream=3)
+    assert plan.providers[0][1]["trt_profile_max_shapes"] == "latent:4x4x128x128"
+
+
+def test_tensorrt_is_refused_with_a_clear_message_when_libnvinfer_does_not_load(tmp_path, monkeypatch):
+    with pytest.raises(OrtTurboError, match="TensorRT is not installed here .*libnvinfer.so.10.*choose the CUDA"):
+        require_tensorrt_libraries(find=lambda: None)
+    assert require_tensorrt_libraries(find=lambda: "libnvinfer.so.10") == "libnvinfer.so.10"
+    tried = []
+    assert find_tensorrt(lambda name: tried.append(name) or name == "libnvinfer.so.8") == "libnvinfer.so.8"
+    assert tried == ["libnvinfer.so.10", "libnvinfer.so.8"]
+    assert find_tensorrt(lambda name: False) is None
+
+
+def test_tensorrt_cache_lives_in_the_data_folder_and_clean_up_removes_it(tmp_path, monkeypatch):
+    from lib_ort.install_layout import Layout, delete_artefacts, usage
+
+    monkeypatch.setenv("ORT_TURBO_DATA", str(tmp_path / "data"))
+    plan = plan_session("tensorrt", manifest=MANIFEST)
+    cache = Layout.default().trt_cache
+    assert plan.providers[0][1]["trt_engine_cache_path"] == str(cache) == str(tmp_path / "data" / "trt-cache")
+    cache.mkdir(parents=True)
+    (cache / "engine.trt").write_bytes(b"x" * 1000)
+    assert usage(Layout.default(), tmp_path / "artefacts")["trt_cache"] == 1000
+    assert delete_artefacts(tmp_path / "artefacts") == 1000 and not cache.exists()
 
 
 def test_dml_plan():
@@ -113,6 +230,93 @@ def test_unavailable_provider_is_a_clear_error(tmp_path):
         create_session(tmp_path / "model.onnx", plan_session("dml"))
 
 
+def test_graph_runs_all_happen_on_one_thread_whichever_thread_calls():
+    """ORT keeps captured graphs per calling thread: every graph run goes through one worker thread."""
+    import threading
+
+    class Session:
+        threads = []
+
+        def io_binding(self):
+            class Binding:
+                def bind_input(self, *a):
+                    pass
+
+                bind_output = bind_input
+
+            return Binding()
+
+        def run_with_iobinding(self, binding, options):
+            self.threads.append(threading.get_ident())
+
+    class Plan(_Plan):
+        stream = None
+
+    policy = graph_policy(True, "cuda", memcpy_nodes=0)
+    assert policy.use_graphs and policy.dedicated_thread
+    runner = CudaRunner(Session(), Plan(), "latent", graph_thread=GraphThread())
+    bound = binding_plan({"sample": torch.zeros(1, 4, 8, 8)}, {"latent": torch.zeros(1, 4, 8, 8)}, graph_id=0)
+    callers = [threading.Thread(target=runner.call, args=(bound,)) for _ in range(4)]
+    for t in callers:
+        t.start()
+        t.join()
+    runner.call(bound)
+    assert len(Session.threads) == 5 and len(set(Session.threads)) == 1
+    assert Session.threads[0] not in {t.ident for t in callers} | {threading.get_ident()}
+    runner.graph_thread.close()
+    plain = CudaRunner(Session(), Plan(), "latent")
+    Session.threads.clear()
+    plain.call(bound)
+    assert Session.threads == [threading.get_ident()]  # without graphs: the caller's thread
+
+
+def test_graph_policy_is_off_by_default_and_refused_with_memcpy_nodes():
+    assert not graph_policy(False, "cuda", 0).use_graphs
+    assert not graph_policy(True, "tensorrt", 0).use_graphs
+    refused = graph_policy(True, "cuda", memcpy_nodes=3)
+    assert not refused.use_graphs and "3 Memcpy node(s)" in refused.reason
+
+
+def test_memcpy_nodes_are_counted_in_an_optimized_graph(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from lib_ort.graph import memcpy_count
+
+    nodes = [helper.make_node("MemcpyToHost", ["x"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MemcpyFromHost", ["r"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph)
+    assert memcpy_count(model) == 2
+    onnx.save(model, tmp_path / "m.onnx")
+    assert memcpy_count(tmp_path / "m.onnx") == 2
+    branch = lambda n: helper.make_graph(  # noqa: E731
+        [helper.make_node("MemcpyToHost", ["x"], [f"b{i}"]) for i in range(n)] + [helper.make_node("Identity", ["x"], ["o"])],
+        "b", [], [helper.make_tensor_value_info("o", TensorProto.FLOAT, [2])])
+    nested = helper.make_graph(nodes + [helper.make_node("If", ["c"], ["z"], then_branch=branch(1), else_branch=branch(2))],
+                               "g", graph.input, graph.output)
+    assert memcpy_count(helper.make_model(nested)) == 5  # subgraphs count too
+
+
+def test_placement_report_saves_the_optimized_graph_once_and_counts(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    import numpy as np
+
+    w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")  # above the 1 KB external-data threshold
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    report = placement_report(tmp_path / "m.onnx", [("CPUExecutionProvider", {})])
+    assert report["memcpy_nodes"] == 0 and report["providers_used"] == ["CPUExecutionProvider"]
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        assert placement_report(tmp_path / "m.onnx", [("CUDAExecutionProvider", {})]) is None
+
+
 def test_side_cudnn9_folder_is_loaded_first_when_install_put_one_there(tmp_path, monkeypatch):
     monkeypatch.setenv("ORT_TURBO_DATA", str(tmp_path))
     assert plan_session("cuda").dll_directories == []
@@ -130,3 +334,97 @@ def test_toolchain_requirements_match_the_tested_dev_pins():
 
     dev = {line.split("#")[0].strip() for line in (Path(__file__).parent.parent / "requirements-dev.txt").read_text().splitlines()}
     assert set(REQUIREMENTS) <= dev
+
+
+# -- cuDNN 9 from a side folder: the plan per OS, carried out by absolute path, checked afterwards --------
+
+
+def test_cudnn9_plan_per_os_loads_dependencies_first_and_the_entry_library_last():
+    from lib_ort.cuda_libraries import cudnn9_load_plan
+
+    linux = "/data/runtime-libs/cudnn9-cu12/nvidia/cudnn/lib"
+    present = {f"{linux}/{f}" for f in ("libcudnn.so.9", "libcudnn_graph.so.9", "libcudnn_ops.so.9",
+                                        "libcudnn_engines_precompiled.so.9")}
+    plan = cudnn9_load_plan([linux], os_name="posix", exists=present.__contains__)
+    assert plan.files == (f"{linux}/libcudnn_graph.so.9", f"{linux}/libcudnn_engines_precompiled.so.9",
+                          f"{linux}/libcudnn_ops.so.9", f"{linux}/libcudnn.so.9")
+    assert plan.dll_directories == () and plan.expect_loaded == ("libcudnn.so.9",)
+
+    win = "C:\\sd\\ext\\data\\runtime-libs\\cudnn9-cu12\\nvidia\\cudnn\\bin"
+    names = ("cudnn64_9.dll", "cudnn_graph64_9.dll", "cudnn_ops64_9.dll", "cudnn_adv64_9.dll",
+             "cudnn_heuristic64_9.dll", "cudnn_engines_precompiled64_9.dll", "cudnn_engines_runtime_compiled64_9.dll")
+    plan = cudnn9_load_plan([win], os_name="nt", exists={f"{win}\\{n}" for n in names}.__contains__)
+    assert plan.dll_directories == (win,)  # os.add_dll_directory before loading: dependencies resolve there
+    assert [p.rsplit("\\", 1)[1] for p in plan.files] == [
+        "cudnn_graph64_9.dll", "cudnn_engines_precompiled64_9.dll", "cudnn_engines_runtime_compiled64_9.dll",
+        "cudnn_heuristic64_9.dll", "cudnn_ops64_9.dll", "cudnn_adv64_9.dll", "cudnn64_9.dll"]
+    assert all(p.startswith(win + "\\") for p in plan.files)  # absolute paths only
+    with pytest.raises(OrtTurboError, match="has no cudnn64_9.dll"):
+        cudnn9_load_plan([win], os_name="nt", exists=lambda p: False)
+
+
+def test_cudnn9_plan_is_carried_out_in_order_and_refuses_another_os(tmp_path):
+    from lib_ort.cuda_libraries import carry_out, cudnn9_load_plan
+
+    for name in ("libcudnn.so.9", "libcudnn_graph.so.9"):
+        (tmp_path / name).write_bytes(b"")
+    plan = cudnn9_load_plan([tmp_path], os_name="posix")
+    loaded = []
+    assert carry_out(plan, load=loaded.append) == [str(tmp_path / "libcudnn_graph.so.9"), str(tmp_path / "libcudnn.so.9")]
+    assert loaded == list(plan.files)
+    with pytest.raises(ValueError, match="cannot be carried out"):
+        carry_out(dataclasses.replace(plan, os_name="nt"), load=loaded.append)
+
+
+def test_loaded_libraries_are_read_from_the_process_maps_and_checked_against_the_plan():
+    """On a real library loaded here by ctypes (libm), read back from /proc/self/maps."""
+    import ctypes.util
+    import os
+
+    from lib_ort.cuda_libraries import DllLoadPlan, check_loaded, loaded_libraries
+
+    if not os.path.exists("/proc/self/maps"):
+        pytest.skip("no /proc (not Linux)")
+    ctypes.CDLL(ctypes.util.find_library("m"))
+    libm = loaded_libraries("libm.so")
+    assert libm and all(os.path.isabs(p) and "libm.so" in os.path.basename(p) for p in libm)
+    name = os.path.basename(libm[0])
+    plan = DllLoadPlan("posix", (), (libm[0],), (name,))
+    assert check_loaded(plan, libm) == []
+    assert check_loaded(DllLoadPlan("posix", (), (), ("libcudnn.so.9",)), libm) == ["libcudnn.so.9"]
+    assert loaded_libraries("no-such-library-anywhere") == []
+
+
+# -- VRAM policy ----------------------------------------------------------------------------------------
+
+
+def test_vram_policy_creates_empties_torch_cache_or_refuses_with_the_numbers():
+    from lib_ort.vram import ACTIVATION_MARGIN, GiB, plan_vram
+
+    sdxl = int(5.1 * GiB)
+    ok = plan_vram(weights=sdxl, free=20 * GiB, total=24 * GiB)
+    assert ok.action == "create" and ok.needed == sdxl + ACTIVATION_MARGIN
+    assert ok.provider_options == {"cudnn_conv_use_max_workspace": "1"}  # large card: ORT's faster default
+    tight = plan_vram(weights=sdxl, free=4 * GiB, total=8 * GiB, torch_cache=2 * GiB)
+    assert tight.action == "empty-torch-cache" and "emptying torch's cache" in tight.message
+    assert tight.provider_options["cudnn_conv_use_max_workspace"] == "0"  # small card: capped workspace
+    refused = plan_vram(weights=sdxl, free=3 * GiB, total=8 * GiB, torch_cache=1 * GiB)
+    assert refused.action == "refuse"
+    assert "not enough free GPU memory" in refused.message and "5.6 GB" in refused.message and "3.0 GB" in refused.message
+    limited = plan_vram(weights=GiB, free=8 * GiB, total=8 * GiB, gpu_mem_limit_mb=6000)
+    assert limited.provider_options["gpu_mem_limit"] == str(6000 * 1024 * 1024)
+
+
+def test_session_is_released_before_the_torch_unet_moves_up_when_both_do_not_fit():
+    from lib_ort.vram import GiB, must_release_session
+
+    assert must_release_session(torch_unet=int(5.1 * GiB), free=3 * GiB, torch_cache=1 * GiB)
+    assert not must_release_session(torch_unet=int(1.7 * GiB), free=10 * GiB)
+
+
+def test_weights_bytes_counts_the_artefacts_files(tmp_path):
+    from lib_ort.vram import weights_bytes
+
+    (tmp_path / "model.onnx").write_bytes(b"x" * 10)
+    (tmp_path / "weights.pb").write_bytes(b"x" * 90)
+    assert weights_bytes(tmp_path, ["model.onnx", "weights.pb", "missing.bin"]) == 100

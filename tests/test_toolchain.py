@@ -5,6 +5,8 @@ WebUI-pins host venv of tests/webui_stub/host_env.py, optimizes a tiny UNet with
 process, runs the artefact on the ONNX Runtime that install.py put into the host, and checks that
 the host's packages did not change. The others check detection and rebuilding of half-made or
 stale toolchains with an empty requirement list (a bare venv, a few seconds).
+
+The first test needs the package registry (marker ``registry``): without it, it fails, it does not skip.
 """
 
 import json
@@ -37,6 +39,7 @@ print(json.dumps({"ort": ort.__version__, "numpy": np.__version__, "shape": list
 """
 
 
+@pytest.mark.registry  # the toolchain and the host venv come from the package registry
 def test_toolchain_optimizes_a_tiny_unet_and_leaves_the_webui_alone(tmp_path_factory, tmp_path, export_of):
     host = host_venv(tmp_path_factory)
     host.ensure_runtime()

@@ -69,3 +69,79 @@ def test_output_keeps_the_input_layout_dtype_and_device(sd_unet):
     out = sd_unet(x, torch.ones(2, dtype=torch.float16), torch.randn(2, 154, 96, dtype=torch.float16))
     assert out.shape == x.shape and out.dtype == torch.float16 and out.device == x.device
     assert out.is_contiguous()
+
+
+# -- fp16 artefacts: per-input dtypes (fp32 timestep) and the NaN guard ---------------------------------
+
+from lib_ort.optimize import optimize_export  # noqa: E402
+from lib_ort.recipes import cpu_fp16_unet_recipe  # noqa: E402
+from lib_ort.unet import NonFiniteOutput, forget_overflows  # noqa: E402
+
+
+def _fp16_cpu_unet(model, registry, name):
+    from conftest import ensure_export
+    from lib_ort.describe import state_dict_digest
+
+    checkpoint = {"hash": state_dict_digest(model), "name": name}
+    folder, _ = ensure_export(model, registry, checkpoint)
+    return OrtUnet(optimize_export(folder, "cpu", registry, checkpoint=checkpoint, recipe=cpu_fp16_unet_recipe()))
+
+
+@pytest.fixture(scope="module")
+def fp16_unet(shared_registry):
+    return _fp16_cpu_unet(tiny_model("tiny-sd2"), shared_registry, "tiny-sd2")
+
+
+def test_fp16_artefact_takes_an_fp32_timestep_beside_fp16_inputs(fp16_unet):
+    assert fp16_unet.artefact.manifest["io_types"]["timestep"] == "FLOAT"
+    feeds = fp16_unet.feeds(torch.randn(2, 4, 8, 8, dtype=torch.float16), torch.tensor([999.25], dtype=torch.float64),
+                            torch.randn(2, 77, 96, dtype=torch.float16))
+    assert {n: t.dtype for n, t in feeds.items()} == {
+        "sample": torch.float16, "timestep": torch.float32, "encoder_hidden_states": torch.float16}
+    assert feeds["timestep"].tolist() == [999.25, 999.25]  # not rounded to fp16's 999.0
+
+
+def test_fp16_artefact_tells_t_from_t_plus_a_quarter_like_torch(fp16_unet):
+    """Near t = 999 fp16 steps by 0.5: an fp16 timestep would make t and t + 0.25 the same input."""
+    model = tiny_model("tiny-sd2")
+    inputs = example_inputs(model, 1, 8, 8, 77, seed=4)
+    x, c = inputs["x"].half(), inputs["context"].half()
+    out = {t: fp16_unet(x, torch.tensor([t]), c).float() for t in (999.0, 999.25)}
+    with torch.no_grad():
+        ref = {t: model(x.float(), torch.tensor([t]), c.float()) for t in (999.0, 999.25)}
+    ref_step = (ref[999.25] - ref[999.0]).abs().max()
+    ort_step = (out[999.25] - out[999.0]).abs().max()
+    assert ref_step > 0 and 0.5 < float(ort_step / ref_step) < 2.0, (float(ort_step), float(ref_step))
+    for t in out:
+        assert float((out[t] - ref[t]).abs().max() / ref[t].abs().max()) < 5e-3
+
+
+def _overflowing_unet():
+    """A UNet whose output exceeds fp16's range (65504): finite in fp32, inf in fp16."""
+    from lib_ort.architectures import build_unet
+
+    model = build_unet("tiny-sd2", seed=7)
+    with torch.no_grad():
+        model.out[-1].weight *= 1e6
+        model.out[-1].bias *= 1e6
+    return model
+
+
+def test_nan_guard_sends_an_overflowing_fp16_call_to_pytorch_and_says_so_once(shared_registry):
+    model = _overflowing_unet()
+    unet = _fp16_cpu_unet(model, shared_registry, "overflowing-unet")
+    forget_overflows()
+    inputs = example_inputs(model, 1, 8, 8, 77, seed=2)
+    with torch.no_grad():
+        assert torch.isfinite(model(**inputs)).all()  # finite in fp32: only fp16 overflows
+    with pytest.raises(NonFiniteOutput, match="gave NaN/inf") as first:
+        unet(inputs["x"].half(), inputs["timesteps"], inputs["context"].half())
+    assert first.value.first_time and isinstance(first.value, UnsupportedInput)  # the WebUI runs PyTorch
+    with pytest.raises(NonFiniteOutput, match="seen earlier this session") as again:
+        unet(inputs["x"].half(), inputs["timesteps"], inputs["context"].half())
+    assert not again.value.first_time
+    forget_overflows()
+
+
+def test_fp32_artefacts_are_not_guarded(sd_unet):
+    assert not sd_unet.guarded

@@ -1,12 +1,26 @@
 """HTTP routes for a headless WebUI (``--api``/``--nowebui``), added at app start.
 
 Errors come back as HTTP errors whose detail says what went wrong, never as a 200 with a traceback.
+The status follows the error's type (``http_status``), so a client can tell "not now" from "not here".
 """
 
 from __future__ import annotations
 
-from ..errors import ArtefactError, OrtTurboError
+from ..errors import ArtefactError, DiskFull, ExportBusy, NoCheckpointLoaded, OrtTurboError, RuntimeUnavailable
 from . import service, settings
+
+#: error type -> HTTP status; the first match in this order wins (DiskFull is an ExportError)
+STATUS_BY_ERROR = (
+    (NoCheckpointLoaded, 409),  # load a checkpoint, then ask again
+    (ExportBusy, 409),  # one export at a time
+    (RuntimeUnavailable, 503),  # this WebUI cannot run what it would make: install or choose another provider
+    (DiskFull, 507),
+    (ArtefactError, 409),
+)
+
+
+def http_status(exc: Exception) -> int:
+    return next((status for kind, status in STATUS_BY_ERROR if isinstance(exc, kind)), 500)
 
 
 def add_routes(app) -> None:
@@ -25,7 +39,7 @@ def add_routes(app) -> None:
         try:
             return service.export_loaded_checkpoint(ep)
         except (OrtTurboError, ValueError) as exc:
-            raise HTTPException(409 if "no checkpoint" in str(exc) else 500, str(exc)) from exc
+            raise HTTPException(http_status(exc), str(exc)) from exc
 
     def artefacts():
         return service.artefact_rows()

@@ -52,15 +52,18 @@ class OptionScope:
 class VaeScope:
     """Switch the VAE to fp16 or fp32 for one job, as the setting says, within the WebUI's rules.
 
-    ``--no-half``/``--no-half-vae`` always win. If the WebUI's NaN auto-revert moves the VAE to fp32
-    during a job, its decision stands for the rest of the session.
+    ``--no-half``/``--no-half-vae`` always win. If the WebUI's NaN auto-revert moves the VAE to fp32 (or to
+    bfloat16, with its "convert VAE to bfloat16" setting) during a job, its decision stands for the rest of
+    the session.
     """
 
     reverted_by_webui = False
+    reverted_to = torch.float32
 
     def __init__(self):
         self.previous = None
         self.applied = None
+        self.wanted = None  # the dtype this job asked for, whether or not it had to switch to it
 
     def target(self) -> torch.dtype:
         want_fp16 = bool(getattr(shared.opts, settings.FP16_VAE, True))
@@ -68,12 +71,12 @@ class VaeScope:
         if want_fp16 and (getattr(flags, "no_half", False) or getattr(flags, "no_half_vae", False)):
             return torch.float32
         if want_fp16 and VaeScope.reverted_by_webui:
-            return torch.float32
+            return VaeScope.reverted_to
         return torch.float16 if want_fp16 else torch.float32
 
     def apply(self, sd_model) -> list[str]:
         notes = []
-        target = self.target()
+        target = self.wanted = self.target()
         if target == torch.float16 and getattr(sd_model, "is_sdxl", False) and _stock_vae():
             notes.append("the stock SDXL VAE overflows in fp16 (black or NaN images); use the sdxl-vae-fp16-fix "
                          "VAE or turn off 'fp16 VAE' in Settings > ORT Turbo")
@@ -85,16 +88,18 @@ class VaeScope:
         return notes
 
     def restore(self, sd_model) -> None:
-        if self.applied is None:
+        if self.wanted is None:
             return
-        if self.applied == torch.float16 and devices.dtype_vae != torch.float16:
-            VaeScope.reverted_by_webui = True  # the NaN auto-revert ran: keep its fp32 VAE
-            service.log("the WebUI reverted the VAE to fp32 after NaNs; ORT Turbo keeps it so this session")
-        else:
+        if self.wanted == torch.float16 and devices.dtype_vae != torch.float16:
+            VaeScope.reverted_by_webui = True  # the NaN auto-revert ran: keep its VAE dtype
+            VaeScope.reverted_to = devices.dtype_vae
+            name = str(devices.dtype_vae).replace("torch.", "")
+            service.log(f"the WebUI reverted the VAE to {name} after NaNs; ORT Turbo keeps it so this session")
+        elif self.applied is not None:
             devices.dtype_vae = self.previous
             if sd_model is not None:
                 sd_model.first_stage_model.to(self.previous)
-        self.applied = self.previous = None
+        self.applied = self.previous = self.wanted = None
 
 
 def _stock_vae() -> bool:
@@ -119,6 +124,7 @@ class Job:
         self.vae: VaeScope | None = None
         self.sd_model = None
         self.warned = False
+        self.unwrap_close = None
 
     def ran_on_ort(self, artefact) -> None:
         self.ort_calls += 1
@@ -159,6 +165,8 @@ def start_job(p, cfg_free: bool) -> Job:
     _job[0].restore()
     job = _job[0] = Job()
     job.sd_model = shared.sd_model
+    # first: the WebUI reports a raising hook and goes on, so whatever is set below must still be undone
+    _restore_on_close(p, job)
     values = {}
     if cfg_free and bool(getattr(shared.opts, settings.CFG_FREE, True)) and p.cfg_scale <= 1:
         values["skip_early_cond"] = 1.0
@@ -175,25 +183,40 @@ def start_job(p, cfg_free: bool) -> Job:
     job.vae = VaeScope()
     for note in job.vae.apply(job.sd_model):
         service.log(note)
-        _comment(p, f"ORT Turbo: {note}")
-    _restore_on_close(p, job)
+        comment_under_image(p, f"ORT Turbo: {note}")
     return job
 
 
 def _restore_on_close(p, job: Job) -> None:
-    """``p.close()`` runs when the job ends, also on errors: restore there too."""
+    job.unwrap_close = run_on_close(p, job.restore)
+
+
+def run_on_close(p, undo):
+    """Run ``undo`` when ``p.close()`` runs (the WebUI calls it when a job ends, also on errors), before
+    the WebUI's own close. Returns what puts ``p.close`` back as it was (for an unloaded extension)."""
+    saved = vars(p).get("close", _MISSING)
     original = p.close
 
     def close(*args, **kwargs):
         try:
-            job.restore()
+            undo()
         finally:
             return original(*args, **kwargs)
 
     p.close = close
 
+    def unwrap():
+        if vars(p).get("close") is not close:
+            return  # wrapped again since, by someone else: leave theirs; ours only runs ``undo`` (idempotent)
+        if saved is _MISSING:
+            del p.close
+        else:
+            p.close = saved
 
-def _comment(p, text: str) -> None:
+    return unwrap
+
+
+def comment_under_image(p, text: str) -> None:
     if hasattr(p, "comment"):
         p.comment(text)
 
@@ -219,6 +242,7 @@ def before_batch(p, ours_active: bool, unet) -> None:
     job = current_job()
     if not ours_active:
         return
+    unet.recheck()
     job.forced_fallback = forced_fallback_reason(p)
     if job.forced_fallback:
         # ControlNet and friends call the PyTorch blocks directly: they must be on the device
@@ -245,8 +269,17 @@ def after_batch(p) -> None:
         p.extra_generation_params.pop(WEBUI_SKIP_EARLY_CFG, None)
     if job.fallback_calls and not job.warned:
         job.warned = True
-        _comment(p, f"ORT Turbo: the PyTorch UNet ran ({'; '.join(job.reasons)})")
+        comment_under_image(p, f"ORT Turbo: the PyTorch UNet ran ({'; '.join(job.reasons)})")
 
 
 def finish_job() -> None:
     current_job().restore()
+
+
+def unload() -> None:
+    """The extension is unloaded or disabled: put back every option, the VAE dtype and ``p.close``."""
+    job = current_job()
+    job.restore()
+    if job.unwrap_close is not None:
+        job.unwrap_close()
+        job.unwrap_close = None

@@ -2,18 +2,23 @@
 
 Exporting takes the WebUI's queue lock only while it touches the loaded model (the trace, about a
 minute for SD-Turbo); the optimization child runs after the lock is released, so generation and the
-rest of the UI go on during the minutes Olive takes.
+rest of the UI go on during the minutes Olive takes. One export runs at a time (tab, API, UNet or
+VAE): a second one is refused at once instead of fighting the first for the CPU and the disk. Before
+any of those minutes are spent, the WebUI's own ONNX Runtime must be able to run what is made.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import sys
+import threading
 import time
 from pathlib import Path
 
 from modules import shared
 
-from ..errors import OrtTurboError
+from ..errors import DiskFull, ExportBusy, NoCheckpointLoaded, OrtTurboError, RuntimeUnavailable
 from ..install_layout import Layout, default_artefacts_root
 from ..optimize import Toolchain
 from ..pipeline import prepare
@@ -22,6 +27,8 @@ from . import settings
 
 LOG_PREFIX = "[ORT Turbo]"
 _generation = [0]  # bumped whenever artefacts change, so an active UNet looks its artefact up again
+_export_lock = threading.Lock()
+_export_running = [""]  # what the running export makes, for the refusal of a second one
 
 
 def log(message: str) -> None:
@@ -96,10 +103,76 @@ def delete_artefact(artefact_id: str) -> None:
     artefacts_changed()
 
 
+def check_runtime(ep: str) -> None:
+    """Raise ``RuntimeUnavailable`` unless this WebUI's Python can run an artefact made for ``ep``.
+
+    The optimization child runs in the toolchain's own environment, so an export can succeed where the
+    WebUI itself has no (or no fitting) ONNX Runtime: this is checked first, in the WebUI's process.
+    """
+    from ..optimize import MIN_RUNTIME_ORT
+    from ..registry import version_at_least
+    from ..sessions import import_onnxruntime, require_provider
+
+    require_provider(ep)
+    have = import_onnxruntime().__version__
+    if not version_at_least(have, MIN_RUNTIME_ORT[ep]):
+        raise RuntimeUnavailable(f"the {ep} export needs ONNX Runtime {MIN_RUNTIME_ORT[ep]} or newer in the WebUI; "
+                                 f"it has {have}. Update onnxruntime, then export.")
+    if ep in ("cuda", "tensorrt"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeUnavailable(f"a {ep} export runs on a GPU through torch, and this WebUI's torch sees none; "
+                                     "choose CPU (or DirectML on Windows)")
+
+
+def loaded_model():
+    """The WebUI's loaded checkpoint, or ``NoCheckpointLoaded``."""
+    if shared.sd_model is None:
+        raise NoCheckpointLoaded()
+    return shared.sd_model
+
+
+@contextlib.contextmanager
+def one_export(what: str):
+    """Hold the export slot for ``what``; ``ExportBusy`` at once if another export holds it.
+
+    A full disk anywhere inside becomes ``DiskFull`` with the folder to clean; the partial files were
+    removed on the way out by the code that wrote them.
+    """
+    if not _export_lock.acquire(blocking=False):
+        raise ExportBusy(_export_running[0] or "another export")
+    _export_running[0] = what
+    try:
+        try:
+            registry().sweep()  # what an export killed more than a day ago left behind
+        except OSError as exc:  # tidying up must never stop the export itself
+            log(f"could not remove old temporary folders ({exc})")
+        yield
+    except Exception as exc:
+        if _out_of_space(exc):
+            raise DiskFull(f"the disk is full: exporting {what} stopped and nothing was registered ({exc}). "
+                           f"Free space where exports live ({registry().root}) and export again.") from exc
+        raise
+    finally:
+        _export_running[0] = ""
+        _export_lock.release()
+
+
+def _out_of_space(exc: BaseException | None) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            return True
+        if "No space left on device" in str(exc):  # the optimization child's log tail says it in words
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def export_loaded_checkpoint(ep: str, progress=None) -> dict:
     """Export and optimize the loaded checkpoint's UNet for ``ep``; returns the artefact's manifest."""
-    from modules import call_queue, sd_unet
-
     report = progress or (lambda fraction, message: None)
     last = [0.0]
 
@@ -111,11 +184,17 @@ def export_loaded_checkpoint(ep: str, progress=None) -> dict:
 
     if ep not in settings.PROVIDERS.values():
         raise OrtTurboError(f"unknown provider {ep!r}; choose one of {', '.join(settings.PROVIDERS.values())}")
-    sd_model = shared.sd_model
-    if sd_model is None:
-        raise OrtTurboError("no checkpoint is loaded")
-    reg = registry()
+    sd_model = loaded_model()
+    check_runtime(ep)
     record = checkpoint_record(sd_model.sd_checkpoint_info)
+    with one_export(f"{record['name']} for {ep}"):
+        return _export_checkpoint(sd_model, record, ep, both)
+
+
+def _export_checkpoint(sd_model, record: dict, ep: str, both) -> dict:
+    from modules import call_queue, sd_unet
+
+    reg = registry()
     both(0.0, f"exporting {record['name']} for {ep}")
     with call_queue.queue_lock:  # no generation may run while the UNet is traced on the CPU in fp32
         was_active = sd_unet.current_unet is not None

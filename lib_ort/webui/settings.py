@@ -45,8 +45,10 @@ def _read_provider_status() -> dict[str, str | None]:
 
         available = set(onnxruntime.get_available_providers())
         version = onnxruntime.__version__
-    except ImportError:
-        return {label: "onnxruntime is not installed (see the console of the last start)" for label in PROVIDERS}
+    except Exception as exc:  # not installed, or an install whose import raises: either way none runs
+        why = ("onnxruntime is not installed (see the console of the last start)" if isinstance(exc, ImportError)
+               else f"onnxruntime does not import ({type(exc).__name__}: {exc})")
+        return {label: why for label in PROVIDERS}
     return {label: None if PROVIDER_NAMES[ep] in available else f"not in this onnxruntime {version}"
             for label, ep in PROVIDERS.items()}
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from modules import devices, sd_unet, shared
 
-from ..errors import ArtefactError, OrtTurboError, UnsupportedInput
+from ..errors import ArtefactError, OrtTurboError, RuntimeUnavailable, UnsupportedInput
 from ..unet import OrtUnet
 from . import service, settings
 from .job import current_job
@@ -33,7 +33,7 @@ class OrtTurboOption(sd_unet.SdUnetOption):
             return None
         try:
             return info.model_name if service.find_artefact(info, service.provider()) is not None else None
-        except OrtTurboError:
+        except Exception:  # "Automatic" must never fail the WebUI's selection: no match is the answer
             return None
 
     def create_unet(self):
@@ -61,45 +61,79 @@ class OrtTurboUnet(sd_unet.SdUnet):
         self.ort: OrtUnet | None = None
         self.artefact = None
         self.unavailable: str | None = None
+        self.retry = True
         self.torch_unet_on_device = False
 
     # -- binding to the loaded checkpoint ---------------------------------------------------------
 
     def activate(self):
-        self.bind()
-        if self.unavailable:
-            service.log(f"PyTorch UNet will run: {self.unavailable}")
+        """Called by the WebUI's ``apply_unet`` inside ``process_images``: it must never raise, or the job is lost
+        and the WebUI keeps this UNet as the current one."""
+        reason = self.bind()
+        if reason:
+            service.log(f"PyTorch UNet will run: {reason}")
 
     def deactivate(self):
         self.ort = None
         self.artefact = None
         self.key = None
+        self.unavailable = None
 
     def bind(self) -> str | None:
-        """Load the artefact for the loaded checkpoint and provider if they changed; the reason if none."""
-        info = shared.sd_model.sd_checkpoint_info
-        ep = service.provider()
-        graphs = bool(getattr(shared.opts, settings.CUDA_GRAPHS, False))
-        key = (info.filename, getattr(info, "sha256", None), ep, graphs, service.registry_generation())
+        """Load the artefact for the loaded checkpoint and provider if they changed; the reason if none.
+
+        Never raises. The key is stored together with the outcome (a session, or the reason there is none),
+        so a failure is reported the same way by every later call until something in the key changes: the
+        checkpoint, the provider, the settings or the registry (an export or a delete bumps its generation).
+        """
+        try:
+            info = shared.sd_model.sd_checkpoint_info
+            ep = service.provider()
+            graphs = bool(getattr(shared.opts, settings.CUDA_GRAPHS, False))
+            key = (info.filename, getattr(info, "sha256", None), ep, graphs, service.registry_generation())
+        except Exception as exc:
+            self.key, self.ort, self.artefact, self.retry = None, None, None, True
+            self.unavailable = f"ORT Turbo cannot read the loaded checkpoint or its settings ({type(exc).__name__}: {exc})"
+            return self.unavailable
         if key == self.key:
             return self.unavailable
-        self.key, self.ort, self.artefact, self.unavailable = key, None, None, None
+        ort = artefact = reason = None
+        retry = True  # what failed is cheap to look at again (files, the registry, an import)
         try:
             artefact = service.find_artefact(info, ep)
             if artefact is None:
-                self.unavailable = f"no {ep} export for {info.title}; export it in the ORT Turbo tab"
+                reason = f"no {ep} export for {info.title}; export it in the ORT Turbo tab"
             else:
-                self.ort = OrtUnet(artefact, cuda_graph=graphs and ep == "cuda")
-                self.artefact = artefact
-        except (ArtefactError, OrtTurboError) as exc:
-            self.unavailable = str(exc)
-        return self.unavailable
+                ort = OrtUnet(artefact, cuda_graph=graphs and ep == "cuda")
+        except (ArtefactError, RuntimeUnavailable) as exc:
+            reason = str(exc)
+        except OrtTurboError as exc:  # the session itself: retried when the key changes, not at every job
+            reason, retry = str(exc), False
+        except Exception as exc:
+            name = artefact.id if artefact is not None else "the export"
+            reason, retry = f"ONNX Runtime could not load {name} ({type(exc).__name__}: {exc})", False
+        self.key, self.ort, self.unavailable, self.retry = key, ort, reason, retry
+        self.artefact = artefact if ort is not None else None
+        return reason
+
+    def recheck(self) -> None:
+        """Before each batch: look again at what may have changed behind the registry's back (the artefact's
+        files deleted or replaced; an artefact or onnxruntime that appeared), so the next call binds anew."""
+        if self.artefact is not None:
+            try:
+                service.registry().load(self.artefact.folder, self.artefact.checkpoint_hash)
+            except Exception:
+                self.key = None  # bind again: it finds what is there now and says why
+        elif self.unavailable and self.retry:
+            self.key = None
 
     # -- calls ---------------------------------------------------------------------------------
 
     def forward(self, x, timesteps, context, *args, **kwargs):
         job = current_job()
         reason = job.forced_fallback or self.bind()
+        if reason is None and self.ort is None:  # cannot happen after bind(); never call None if it does
+            reason = "ORT Turbo has no session for this checkpoint"
         if reason is None:
             try:
                 out = self.ort(x, timesteps, context, y=kwargs.get("y"), control=kwargs.get("control"))
@@ -123,14 +157,34 @@ class OrtTurboUnet(sd_unet.SdUnet):
             sd_unet.current_unet = routed
 
     def ensure_torch_unet_on_device(self, unet) -> None:
+        if getattr(shared.sd_model, "lowvram", False):
+            return  # --lowvram/--medvram hooks bring each block to the device as it runs; apply_unet leaves it too
         param = next(unet.parameters())
         if param.device != devices.device:
+            self.release_session_if_vram_short(unet)
             unet.to(devices.device)
             self.torch_unet_on_device = True
+
+    def release_session_if_vram_short(self, unet) -> None:
+        """Free the ORT session before the torch UNet moves up when both would not fit (lib_ort.vram); the
+        rest of the job runs on PyTorch, and the session is loaded again once the torch UNet is parked."""
+        if self.ort is None or getattr(devices.device, "type", None) != "cuda":
+            return
+        from ..vram import measure, must_release_session
+
+        size = sum(p.numel() * p.element_size() for p in unet.parameters())
+        if must_release_session(torch_unet=size, **{k: v for k, v in measure(devices.device.index or 0).items()
+                                                       if k != "total"}):
+            service.log("released the ONNX UNet's GPU memory for the PyTorch UNet (not enough VRAM for both)")
+            self.ort.release()
+            self.ort = None
+            self.unavailable = "the ONNX UNet was released to make room for the PyTorch UNet (not enough VRAM for both)"
 
     def park_torch_unet(self) -> None:
         """Give the PyTorch UNet's device memory back once ORT serves the job again."""
         if self.torch_unet_on_device and devices.device != devices.cpu:
             shared.sd_model.model.diffusion_model.to(devices.cpu)
             devices.torch_gc()
+            if self.ort is None:
+                self.key = None  # a session released or refused for lack of VRAM: try again with the room back
         self.torch_unet_on_device = False

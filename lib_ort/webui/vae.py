@@ -25,12 +25,13 @@ import torch
 
 from modules import sd_unet, shared
 
-from ..errors import ArtefactError, OrtTurboError, UnsupportedInput
+from ..errors import OrtTurboError, UnsupportedInput
 from ..recipes import vae_precision
 from ..vae import GuardedDecoder, OrtVae
 from ..vae_export import export_vae
 from ..vae_pipeline import find_vae_artefact, optimize_vae_export
 from . import service, settings
+from .job import comment_under_image, run_on_close
 
 INFOTEXT_KEY = "ORT Turbo VAE"
 _MISSING = object()
@@ -85,18 +86,23 @@ def export_loaded_vae(ep: str, *, precision: str | None = None, fp32_fallback: b
     ``fp32_fallback``, an fp32 artefact is made too, so the NaN guard decodes again on ONNX Runtime.
     The WebUI's queue lock is held only while the VAE is traced (seconds).
     """
-    from modules import call_queue
-
     report = progress or (lambda fraction, message: None)
     if ep not in settings.PROVIDERS.values():
         raise OrtTurboError(f"unknown provider {ep!r}; choose one of {', '.join(settings.PROVIDERS.values())}")
-    sd_model = shared.sd_model
-    if sd_model is None:
-        raise OrtTurboError("no checkpoint is loaded")
+    sd_model = service.loaded_model()
+    service.check_runtime(ep)
     precision = precision or wanted_precision(ep)
-    reg = service.registry()
     checkpoint = service.checkpoint_record(sd_model.sd_checkpoint_info)
     record = vae_record(sd_model)
+    with service.one_export(f"the VAE {record['name']} for {ep}"):
+        return _export_vae(sd_model, checkpoint, record, ep, precision, fp32_fallback, report)
+
+
+def _export_vae(sd_model, checkpoint: dict, record: dict, ep: str, precision: str, fp32_fallback: bool,
+                report) -> dict:
+    from modules import call_queue
+
+    reg = service.registry()
     service.log(f"exporting the VAE ({record['name']}) for {ep} in {precision}")
     scratch = reg.new_work_folder("export-vae")
     try:
@@ -124,6 +130,8 @@ def add_routes(app) -> None:
     """``POST /ort-turbo/v1/export-vae`` ``{"provider": "Automatic" | "CUDA" | "cuda" | ...}``."""
     from fastapi import Body, HTTPException
 
+    from .api import http_status
+
     def export(body: dict = Body(...)):
         choice = (body or {}).get("provider", "Automatic")
         if choice in settings.PROVIDER_CHOICES:
@@ -136,7 +144,7 @@ def add_routes(app) -> None:
         try:
             return export_loaded_vae(ep, precision=(body or {}).get("precision"))
         except (OrtTurboError, ValueError) as exc:
-            raise HTTPException(409 if "no checkpoint" in str(exc) else 500, str(exc)) from exc
+            raise HTTPException(http_status(exc), str(exc)) from exc
 
     app.add_api_route("/ort-turbo/v1/export-vae", export, methods=["POST"])
 
@@ -177,6 +185,9 @@ class VaeRoute:
         self.ort_calls = 0
         self.torch_calls = 0
         self.notes: list[str] = []
+        # live previews decode from the progress API's thread while the job decodes or encodes: one at a time,
+        # so the NaN guard's fp32 retry never changes the VAE's dtype under the other call
+        self.lock = threading.RLock()
 
     # installing ------------------------------------------------------------------------------------
 
@@ -206,6 +217,14 @@ class VaeRoute:
         return sd_unet.current_unet is None or is_ours_active()
 
     def decode(self, z, *args, **kwargs):
+        with self.lock:
+            return self._decode(z, *args, **kwargs)
+
+    def encode(self, x, *args, **kwargs):
+        with self.lock:
+            return self._encode(x, *args, **kwargs)
+
+    def _decode(self, z, *args, **kwargs):
         if args or kwargs or not self.serving():
             return self._torch("decode", None, z, *args, **kwargs)
         try:
@@ -217,7 +236,7 @@ class VaeRoute:
         except Exception as exc:  # an ONNX Runtime failure must not end the user's generation
             return self._torch("decode", f"ONNX Runtime failed ({type(exc).__name__}: {exc})", z)
 
-    def encode(self, x, *args, **kwargs):
+    def _encode(self, x, *args, **kwargs):
         if args or not self.serving() or set(kwargs) - {"return_reg_log", "unregularized"}:
             return self._torch("encode", None, x, *args, **kwargs)
         try:
@@ -283,6 +302,8 @@ class VaeRoute:
 class _Job:
     route: VaeRoute | None = None
     unavailable: str | None = None
+    failed = False  # ``unavailable`` is an error, not just "no export"
+    unwrap_close = None
 
 
 _job = _Job()
@@ -320,27 +341,20 @@ def before_job(p) -> None:
         return
     try:
         fast, fp32, record, why = _find(sd_model)
-    except (ArtefactError, OrtTurboError) as exc:  # a broken artefact is worth a line in the console
+    except OrtTurboError as exc:  # a broken artefact or no runtime is worth a line in the console
         fast, why = None, str(exc)
-        service.log(f"PyTorch VAE used: {why}")
+        _job.failed = True
+    except Exception as exc:  # whatever else: the PyTorch VAE decodes, the reason is shown
+        fast, why = None, f"ORT Turbo could not set up the VAE ({type(exc).__name__}: {exc})"
+        _job.failed = True
     if fast is None:
+        if _job.failed:
+            service.log(f"PyTorch VAE used: {why}")
         _job.unavailable = why
         return
+    _job.unwrap_close = run_on_close(p, finish_job)
     _job.route = VaeRoute(sd_model, fast, fp32, record)
     _job.route.install()
-    _restore_on_close(p)
-
-
-def _restore_on_close(p) -> None:
-    original = p.close
-
-    def close(*args, **kwargs):
-        try:
-            finish_job()
-        finally:
-            return original(*args, **kwargs)
-
-    p.close = close
 
 
 _advised: set[str] = set()  # advice already printed in the console this session
@@ -352,16 +366,15 @@ def after_batch(p) -> None:
     text = route.infotext() if route is not None else None
     notes = list(route.notes) if route is not None else []
     if route is None and _job.unavailable and _ours_selected():
-        text = "PyTorch (no export)"
-        notes = [_job.unavailable]
-        if _job.unavailable not in _advised:
+        text = "PyTorch (fallback)" if _job.failed else "PyTorch (no export)"
+        notes = [f"PyTorch VAE used: {_job.unavailable}" if _job.failed else _job.unavailable]
+        if not _job.failed and _job.unavailable not in _advised:  # a failure was logged when the job started
             _advised.add(_job.unavailable)
             service.log(f"PyTorch VAE used: {_job.unavailable}")
     if text:
         p.extra_generation_params[INFOTEXT_KEY] = text
     for note in notes:
-        if hasattr(p, "comment"):
-            p.comment(f"{INFOTEXT_KEY}: {note}")
+        comment_under_image(p, f"ORT Turbo: {note}")
 
 
 def finish_job() -> None:
@@ -369,6 +382,16 @@ def finish_job() -> None:
         _job.route.restore()
     _job.route = None
     _job.unavailable = None
+    _job.failed = False
+
+
+def unload() -> None:
+    """The extension is unloaded or disabled: the WebUI's own decode/encode and ``p.close`` again, no sessions."""
+    finish_job()
+    if _job.unwrap_close is not None:
+        _job.unwrap_close()
+        _job.unwrap_close = None
+    forget_sessions()
 
 
 def forget_sessions() -> None:

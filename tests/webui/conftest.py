@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "webui_stub"))
 sys.path.insert(0, str(REPO))
 
-from modules import devices, sd_unet, shared  # noqa: E402
+from modules import devices, errors, sd_unet, shared  # noqa: E402
 from modules.sd_models import CheckpointInfo  # noqa: E402
 
 from lib_ort.architectures import build_unet  # noqa: E402
@@ -48,6 +48,7 @@ class StubSdModel:
         self.first_stage_model = StubVae().to(devices.dtype_vae)
         self.inpaint = self.unet.in_channels == 9
         self.is_sdxl = False
+        self.lowvram = False  # the WebUI sets it at load: True under --lowvram/--medvram
         self.context_dim = 96 if "sd2" in arch else 64
         self.rows_per_call: list[int] = []
 
@@ -109,9 +110,14 @@ def exported(extension, sd2_model):
 
 @pytest.fixture()
 def fresh_webui(extension, sd2_model):
-    """A fresh config (no key set by the user), the tiny SD2 checkpoint loaded, no SD Unet active."""
+    """A fresh config (no key set by the user), the tiny SD2 checkpoint loaded, no SD Unet active.
+
+    The WebUI (and its stand-in) reports an exception raised by a script hook and goes on: a test would
+    not see it fail. So every test ends by checking that nothing was reported; a test that makes a hook
+    raise on purpose takes what it expects out of ``errors.exception_records`` itself."""
     shared.opts.data.clear()
-    shared.state.interrupted = False
+    errors.exception_records.clear()
+    shared.state = type(shared.state)()
     shared.cmd_opts.no_half = shared.cmd_opts.no_half_vae = False
     devices.dtype_vae = torch.float16
     shared.sd_model = sd2_model
@@ -120,12 +126,16 @@ def fresh_webui(extension, sd2_model):
     from lib_ort.webui.job import VaeScope
 
     VaeScope.reverted_by_webui = False
+    VaeScope.reverted_to = torch.float32
     sd_unet.list_unets()
     sd_unet.apply_unet("None")
     yield shared
+    reported = [f"{type(e).__name__}: {e}\n{tb}" for e, tb in errors.exception_records]
+    errors.exception_records.clear()
     sd_unet.apply_unet("None")
     for name in [k for k, v in vars(sd2_model.unet).items() if k == "forward"]:
         delattr(sd2_model.unet, name)
+    assert not reported, "the WebUI reported an exception from a script hook:\n" + "\n".join(reported)
 
 
 def script_runner(extension, cfg_free=True):

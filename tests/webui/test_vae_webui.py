@@ -2,6 +2,8 @@
 the same tensors as the PyTorch VAE for decode and img2img's encode, TAESD left alone, a swapped VAE
 never served by another VAE's artefact, and the WebUI's functions put back after every job."""
 
+import threading
+
 import pytest
 import torch
 
@@ -261,3 +263,93 @@ def test_an_fp16_vae_that_overflows_is_decoded_again_in_fp32_and_remembered(fres
     assert any("overflows in fp16 (seen earlier this session)" in c for c in p_second.comments)
     assert "fp32" not in first.infotexts[0] and "seen earlier" not in second.infotexts[0]
     assert no_patch_left(overflow_model)
+
+
+# -- robustness: previews from another thread, no runtime, the extension unloaded ----------------------------
+
+def test_live_previews_decode_from_the_progress_thread_while_the_job_runs(webui, extension, vae_model, vae_exported):
+    """The progress API's thread calls ``state.set_current_image`` between sampling steps; with the "Full"
+    preview method that is ``decode_first_stage`` on the job's patched VAE, from another thread."""
+    from modules import errors
+
+    shared.opts.data.update({"sd_unet": LABEL, "show_progress_type": "Full", "show_progress_every_n_steps": 1})
+    p = StableDiffusionProcessing(script_runner(extension), steps=3, cfg_scale=1.0)
+
+    def preview_from_another_thread(step):
+        thread = threading.Thread(target=shared.state.set_current_image)
+        thread.start()
+        thread.join(60)
+
+    p.step_callback = preview_from_another_thread
+    processed = run_job(p)
+    assert not errors.exception_records  # a failed preview is only recorded by the WebUI: look there
+    assert shared.state.id_live_preview >= 2 and torch.isfinite(shared.state.current_image).all()
+    assert webui["decoder"] == 0  # the previews and the image all decoded on ONNX Runtime
+    assert f"ORT Turbo VAE: {vae_exported['id']} (cpu)" in processed.infotexts[0]
+    assert no_patch_left(vae_model)
+    # a preview after the job uses the WebUI's own decode again
+    shared.state.sampling_step += 1
+    shared.state.set_current_image()
+    assert webui["decoder"] == 1
+
+
+def test_no_onnxruntime_the_pytorch_vae_decodes_and_says_why(webui, extension, vae_model):
+    from test_robustness import onnxruntime_import
+
+    shared.opts.data["sd_unet"] = LABEL
+    ort_vae.forget_sessions()  # as in a fresh WebUI: no VAE session made before onnxruntime went missing
+    with onnxruntime_import("missing"):
+        p, processed = run(extension, steps=1, cfg_scale=1.0)
+    assert webui["decoder"] == 1 and torch.isfinite(processed.images[0]).all()
+    assert "ORT Turbo VAE: PyTorch; ONNX Runtime cannot be imported" in processed.infotexts[0]
+    assert any("PyTorch VAE used: ONNX Runtime cannot be imported" in c for c in p.comments), p.comments
+    assert no_patch_left(vae_model)
+
+
+def test_unloading_the_extension_mid_job_undoes_every_patch(webui, extension, vae_model):
+    """"Apply and restart UI" or the extension disabled: ``on_script_unloaded`` puts the WebUI back as it was."""
+    import gradio as gr
+
+    from modules import script_callbacks
+
+    shared.opts.data.update({"sd_unet": LABEL, settings.FP16_VAE: False})
+    dtype_before = devices.dtype_vae
+    p = StableDiffusionProcessing(script_runner(extension), steps=2, cfg_scale=1.0)
+    seen = {}
+
+    def unload_at_first_step(step):
+        if step:
+            return
+        seen["during"] = (shared.opts.skip_early_cond, devices.dtype_vae, "close" in vars(p),
+                          ort_vae.current_route() is not None, sd_unet.current_unet is not None)
+        script_callbacks.script_unloaded_callback()
+        seen["after"] = (shared.opts.data.get("skip_early_cond", "absent"), devices.dtype_vae, "close" in vars(p),
+                         no_patch_left(vae_model), sd_unet.current_unet,
+                         [k for k in shared.options_templates if k.startswith("ort_turbo_")])
+
+    p.step_callback = unload_at_first_step
+    try:
+        processed = run_job(p)
+    finally:
+        shared.options_templates.update(settings.option_templates(shared, gr))  # the extension loaded again
+    assert seen["during"] == (1.0, torch.float32, True, True, True)
+    assert seen["after"] == ("absent", dtype_before, False, True, None, [])
+    assert torch.isfinite(processed.images[0]).all()  # the rest of the job ran on the WebUI's own UNet and VAE
+    assert vae_model.first_stage_model.decoder.conv_in.weight.dtype == dtype_before
+
+
+def test_an_onnx_runtime_error_while_decoding_is_a_pytorch_decode_with_the_reason(webui, extension, vae_model,
+                                                                                   monkeypatch):
+    from lib_ort.vae import OrtVae
+
+    def failing(self, *args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(OrtVae, "_run", failing)
+    shared.opts.data["sd_unet"] = LABEL
+    p, processed = run(extension, steps=1, cfg_scale=1.0)
+    assert webui["decoder"] == 1 and torch.isfinite(processed.images[0]).all()
+    reason = "ONNX Runtime failed (RuntimeError: CUDA error: an illegal memory access was encountered)"
+    assert reason in processed.infotexts[0]
+    assert any(reason in c for c in p.comments), p.comments
+    assert no_patch_left(vae_model)

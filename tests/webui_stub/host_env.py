@@ -3,7 +3,7 @@
 Built once per test session (tests/test_install_host.py and tests/test_toolchain.py share it
 through this module's cache) in a pytest temporary folder, with:
 
-* every pin of ``shared/host/webui-v1.10.1-requirements_versions.txt``, except
+* every pin of ``tests/data/webui-host/webui-v1.10.1-requirements_versions.txt``, except
 * ``setuptools==77.0.3`` instead of 69.5.1: the CPU torch wheels on these machines require
   setuptools >= 77.0.3; with 69.5.1 kept, pip backtracks and downloads an older CUDA torch (~1.9 GB);
 * ``torch==2.13.0`` (the CPU wheel pip takes from local disk) where the file leaves torch unpinned;
@@ -28,8 +28,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_HOST = REPO.parent / "shared" / "host"
-PINS = SHARED_HOST / "webui-v1.10.1-requirements_versions.txt"
+PINS = REPO / "tests" / "data" / "webui-host" / "webui-v1.10.1-requirements_versions.txt"
 NEEDS_TORCHVISION = {"clean-fid", "facexlib", "open-clip-torch", "spandrel", "spandrel-extra-arches"}
 STUB_LAUNCH = Path(__file__).with_name("launch.py")
 
@@ -121,12 +120,7 @@ _cache: dict[str, HostVenv] = {}
 
 
 def host_venv(tmp_path_factory) -> HostVenv:
-    """The session's host venv, built on first use."""
-    import pytest
-
-    if not PINS.exists():
-        pytest.skip(f"the WebUI pins are not at {PINS} (shared/ beside the checkout); the host environment "
-                    f"tests need them")
+    """The session's host venv, built on first use (from the package registry: without it, an error)."""
     if "host" not in _cache:
         host = HostVenv(tmp_path_factory.mktemp("webui-host"))
         seconds = host.build()

@@ -6,6 +6,8 @@ class OptionInfo:
                  refresh=None, comment_before="", comment_after="", infotext=None, restrict_api=False,
                  category_id=None):
         self.default = default
+        self.do_not_save = False
+        self.restrict_api = restrict_api
         self.label = label
         self.component = component
         self.component_args = component_args
@@ -58,14 +60,31 @@ class Options:
         super().__setattr__(key, value)
 
     def set(self, key, value, is_api=False, run_callbacks=True):
-        old = getattr(self, key, None)
-        if old == value:
+        """As options.py:144-171: compared with what ``data`` holds (not the default), so a value equal to
+        the default is written into ``data``; a raising onchange is reported and the old value put back."""
+        from modules import errors
+
+        oldval = self.data.get(key, None)
+        if oldval == value:
             return False
-        self.data[key] = value
-        info = self.data_labels.get(key)
-        if run_callbacks and info is not None and info.onchange is not None:
-            info.onchange()
+        option = self.data_labels[key]
+        if option.do_not_save:
+            return False
+        if is_api and option.restrict_api:
+            return False
+        setattr(self, key, value)
+        if run_callbacks and option.onchange is not None:
+            try:
+                option.onchange()
+            except Exception as e:
+                errors.display(e, f"changing setting {key} to {value}")
+                setattr(self, key, oldval)
+                return False
         return True
+
+    def get_default(self, key):
+        info = self.data_labels.get(key)
+        return None if info is None else info.default
 
     def add_option(self, key, info):
         self.data_labels[key] = info

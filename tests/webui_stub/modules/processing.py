@@ -10,6 +10,7 @@ import torch
 
 from modules import devices, sd_unet, shared
 from modules.sd_samplers_cfg_denoiser import CFGDenoiser
+from modules.sd_samplers_common import store_latent
 
 
 class Processed:
@@ -38,6 +39,7 @@ class StableDiffusionProcessing:
         self.fail_at_step = fail_at_step
         self.prompt, self.negative_prompt = prompt, negative_prompt
         self.sampler_name, self.scheduler = sampler_name, scheduler
+        self.step_callback = None  # tests: run something between two sampling steps
         self.closed = False
         self.sd_model = shared.sd_model
 
@@ -69,7 +71,11 @@ class StableDiffusionProcessing:
                 raise RuntimeError("sampling failed on purpose")
             sigma = sigmas[i].expand(b)
             denoised = denoiser.forward(x, sigma, uncond, cond, self.cfg_scale, image_cond)
+            shared.state.sampling_step = i
+            store_latent(denoised)  # a live preview may decode it now, from the progress API's thread
             x = x + (x - denoised) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
+            if self.step_callback is not None:
+                self.step_callback(i)
         return x
 
 
@@ -97,23 +103,36 @@ def process_images(p):
                 setattr(shared.opts, k, v)
 
 
-class NansException(Exception):
-    pass
+NansException = devices.NansException
 
 
 def decode_latent_batch(model, batch, target_device=None, check_for_nans=False):
-    """One image at a time through decode_first_stage; on a NaN, the WebUI's auto-revert to an fp32 VAE."""
+    """One image at a time through decode_first_stage; on a NaN, the WebUI's auto-revert (processing.py:625-672):
+    to bfloat16 when ``auto_vae_precision_bfloat16`` is on, else to fp32 when ``auto_vae_precision`` is on,
+    else (or when the VAE already has that dtype) the error."""
     from modules.sd_samplers_common import decode_first_stage
 
     samples = []
+    if check_for_nans:
+        devices.test_for_nans(batch, "unet")
     for i in range(batch.shape[0]):
         sample = decode_first_stage(model, batch[i:i + 1])[0]
-        if check_for_nans and torch.isnan(sample).any():
-            if not shared.opts.auto_vae_precision:
-                raise NansException("A tensor with NaNs was produced in VAE.")
-            devices.dtype_vae = torch.float32
-            model.first_stage_model.to(devices.dtype_vae)
-            sample = decode_first_stage(model, batch[i:i + 1])[0]
+        if check_for_nans:
+            try:
+                devices.test_for_nans(sample, "vae")
+            except devices.NansException:
+                if shared.opts.auto_vae_precision_bfloat16:
+                    autofix = torch.bfloat16
+                elif shared.opts.auto_vae_precision:
+                    autofix = torch.float32
+                else:
+                    raise
+                if devices.dtype_vae == autofix:
+                    raise
+                devices.dtype_vae = autofix
+                model.first_stage_model.to(devices.dtype_vae)
+                batch = batch.to(devices.dtype_vae)
+                sample = decode_first_stage(model, batch[i:i + 1])[0]
         samples.append(sample if target_device is None else sample.to(target_device))
     return samples
 

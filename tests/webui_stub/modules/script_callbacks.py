@@ -38,6 +38,21 @@ def after_component_callback(component, **kwargs):
         fn(component, **kwargs)
 
 
+def on_script_unloaded(fn):
+    _add("script_unloaded", fn)
+
+
+def script_unloaded_callback():
+    """Before the WebUI reloads its scripts: every callback runs, one raising is reported, not fatal."""
+    from modules import errors
+
+    for fn in callbacks["script_unloaded"]:
+        try:
+            fn()
+        except Exception:
+            errors.report(f"Error executing callback script_unloaded for {fn}", exc_info=True)
+
+
 def list_unets_callback():
     res = []
     for fn in callbacks["list_unets"]:

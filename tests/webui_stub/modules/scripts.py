@@ -1,5 +1,7 @@
 """Stand-in of modules/scripts.py: the Script base class and AlwaysVisible."""
 
+from modules import errors
+
 AlwaysVisible = object()
 
 
@@ -40,27 +42,32 @@ class Script:
 
 
 class ScriptRunner:
-    """Runs the AlwaysVisible scripts' hooks with their arguments, as the WebUI's runner does."""
+    """Runs the AlwaysVisible scripts' hooks with their arguments, as the WebUI's runner does: each call
+    inside its own try/except that reports the error (``errors.report``) and goes on with the next script
+    and the job (scripts.py:820-882 in v1.10.1)."""
 
     def __init__(self, scripts_and_args):
         self.items = list(scripts_and_args)
 
-    def before_process(self, p):
+    def _each(self, hook, call):
         for s, args in self.items:
-            s.before_process(p, *args)
+            try:
+                call(getattr(s, hook), args)
+            except Exception:
+                errors.report(f"Error running {hook}: {getattr(s, 'filename', None) or type(s).__name__}",
+                              exc_info=True)
+
+    def before_process(self, p):
+        self._each("before_process", lambda fn, args: fn(p, *args))
 
     def process(self, p):
-        for s, args in self.items:
-            s.process(p, *args)
+        self._each("process", lambda fn, args: fn(p, *args))
 
     def process_batch(self, p, **kwargs):
-        for s, args in self.items:
-            s.process_batch(p, *args, **kwargs)
+        self._each("process_batch", lambda fn, args: fn(p, *args, **kwargs))
 
     def postprocess_batch(self, p, images, **kwargs):
-        for s, args in self.items:
-            s.postprocess_batch(p, *args, images=images, **kwargs)
+        self._each("postprocess_batch", lambda fn, args: fn(p, *args, images=images, **kwargs))
 
     def postprocess(self, p, processed):
-        for s, args in self.items:
-            s.postprocess(p, processed, *args)
+        self._each("postprocess", lambda fn, args: fn(p, processed, *args))

@@ -13,15 +13,43 @@ approximation_indexes = {"Full": 0, "Approx NN": 1, "Approx cheap": 2, "TAESD": 
 
 
 def samples_to_images_tensor(sample, approximation=None, model=None):
-    """latents -> images in [-1, 1]."""
-    if approximation is None:
-        approximation = approximation_indexes.get(shared.opts.sd_vae_decode_method, 0)
+    """latents -> images in [-1, 1]. Without ``approximation`` (live previews), ``show_progress_type`` picks it."""
+    if approximation is None or (shared.state.interrupted and shared.opts.live_preview_fast_interrupt):
+        approximation = approximation_indexes.get(shared.opts.show_progress_type, 0)
+        if approximation == 0 and getattr(shared.sd_model, "lowvram", False) \
+                and not shared.opts.live_preview_allow_lowvram_full:
+            approximation = 1
+    if approximation in (1, 2):  # the approximate decoders: a fixed latent -> RGB map, no VAE
+        return (sample.to(devices.device, torch.float32)[:, :3] * 0.25).repeat_interleave(8, -1).repeat_interleave(8, -2)
     if approximation == 3:
         from modules import sd_vae_taesd
 
         return sd_vae_taesd.decoder_model()(sample.to(devices.device, devices.dtype)).detach() * 2 - 1
     model = model or shared.sd_model
     return model.decode_first_stage(sample.to(model.first_stage_model.dtype))
+
+
+def single_sample_to_image(sample, approximation=None):
+    """One preview image, [0, 1] (the WebUI makes a PIL image of it)."""
+    return torch.clamp(samples_to_images_tensor(sample.unsqueeze(0), approximation)[0] * 0.5 + 0.5, 0.0, 1.0)
+
+
+def sample_to_image(samples, index=0, approximation=None):
+    return single_sample_to_image(samples[index], approximation)
+
+
+def samples_to_image_grid(samples, approximation=None):
+    return torch.stack([single_sample_to_image(s, approximation) for s in samples])
+
+
+def store_latent(decoded):
+    """Each sampling step: the latent a live preview decodes (from the progress API's thread when parallel)."""
+    shared.state.current_latent = decoded
+    opts = shared.opts
+    if opts.live_previews_enable and opts.show_progress_every_n_steps > 0 \
+            and shared.state.sampling_step % opts.show_progress_every_n_steps == 0:
+        if not shared.parallel_processing_allowed:
+            shared.state.assign_current_image(sample_to_image(decoded))
 
 
 def decode_first_stage(model, x):

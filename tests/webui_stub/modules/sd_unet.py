@@ -36,7 +36,8 @@ def apply_unet(option=None):
     current_unet_option = new_option
     if current_unet_option is None:
         current_unet = None
-        shared.sd_model.model.diffusion_model.to(devices.device)
+        if not shared.sd_model.lowvram:  # --lowvram/--medvram: the WebUI's hooks place the blocks
+            shared.sd_model.model.diffusion_model.to(devices.device)
         return
     shared.sd_model.model.diffusion_model.to(devices.cpu)
     devices.torch_gc()
