@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 
 from conftest import REPO, StubSdModel, script_runner
 from modules import devices, errors, script_callbacks, sd_unet, shared
+from modules.infotext_utils import parse_generation_parameters
 from modules.processing import StableDiffusionProcessing, run_job
 
 from lib_ort.webui import service, settings
@@ -77,7 +78,8 @@ def made_by_pytorch(p, processed, reason: str) -> None:
     """An image, and the reason in the infotext and under the image."""
     assert processed.images and torch.isfinite(processed.images[0]).all()
     text = processed.infotexts[0]
-    assert "ORT Turbo: PyTorch fallback: " in text and reason in text.split("ORT Turbo: PyTorch fallback: ")[1], text
+    ours = parse_generation_parameters(text).get("ORT Turbo", "")
+    assert ours.startswith("PyTorch fallback: ") and reason in ours, text
     assert any(reason in c for c in p.comments), p.comments
     assert "NoneType" not in processed.infotexts[0]
 
@@ -238,7 +240,7 @@ def test_deleting_the_artefact_a_generation_is_using(client, exported, extension
         processed = run_job(p)
         assert deleted[0].status_code == 200
         text = processed.infotexts[0]
-        assert "ORT Turbo: partly PyTorch: no cpu export" in text, text  # step 1 on ORT, then PyTorch, said so
+        assert parse_generation_parameters(text)["ORT Turbo"].startswith("partly PyTorch: no cpu export"), text  # step 1 on ORT, then PyTorch, said so
         assert processed.images and torch.isfinite(processed.images[0]).all()
         registry_valid()
         assert exported["id"] not in [r["id"] for r in client.get("/ort-turbo/v1/artefacts").json()]
@@ -487,7 +489,8 @@ def test_an_onnx_runtime_error_mid_job_finishes_the_job_on_pytorch(fresh_webui, 
     shared.opts.data["sd_unet"] = LABEL
     p, processed = run(extension, steps=3)
     text = processed.infotexts[0]
-    assert "ORT Turbo: partly PyTorch: ONNX Runtime failed (RuntimeError: CUDA out of memory)" in text, text
+    assert parse_generation_parameters(text)["ORT Turbo"] == \
+        "partly PyTorch: ONNX Runtime failed (RuntimeError: CUDA out of memory)", text
     assert torch.isfinite(processed.images[0]).all()
 
 
