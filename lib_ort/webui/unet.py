@@ -173,8 +173,12 @@ class OrtTurboUnet(sd_unet.SdUnet):
         from ..vram import measure, must_release_session
 
         size = sum(p.numel() * p.element_size() for p in unet.parameters())
-        if must_release_session(torch_unet=size, **{k: v for k, v in measure(devices.device.index or 0).items()
-                                                       if k != "total"}):
+        try:
+            room = {k: v for k, v in measure(devices.device.index or 0).items() if k != "total"}
+        except Exception as exc:  # no reading, no release: the move itself will say if memory runs out
+            service.log(f"could not read free VRAM ({type(exc).__name__}: {exc}); the ONNX UNet stays loaded")
+            return
+        if must_release_session(torch_unet=size, **room):
             service.log("released the ONNX UNet's GPU memory for the PyTorch UNet (not enough VRAM for both)")
             self.ort.release()
             self.ort = None
