@@ -1,14 +1,15 @@
-"""Export a WebUI-style UNet to fp32 ONNX with the TorchScript exporter.
+"""Export any model part (``lib_ort.parts``) to fp32 ONNX with the TorchScript exporter.
 
 Why these choices (measured with ORT 1.32, see the project's recipe notes):
 * TorchScript exporter (``dynamo=False``): the dynamo graph loses the MultiHeadAttention,
   BiasSplitGelu and BiasAdd fusions.
-* Attention traced through SDPA (``attention.sdpa_attention``): the only form of the ldm
-  attention that ORT fuses.
 * fp32: ORT's fusions match fp32 patterns; fp16 conversion comes after fusion, per recipe.
 * One external-data file: SDXL is over 2 GB, and Olive and ORT read one file fastest.
   The exporter may write one file per tensor; they are streamed into one file without
   loading all weights at once.
+
+Each part is written in its folder of the export (``model.onnx``, ``export.json``, ``weights.pb`` where
+the ``onnx`` package exists), so the optimization child optimizes every part the same way.
 """
 
 from __future__ import annotations
@@ -20,44 +21,29 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .attention import sdpa_attention
-from .describe import UnetDescription, describe_unet
 from .errors import ExportError
 from .graph import consolidate_external_data
 
 MODEL_FILE = "model.onnx"
 WEIGHTS_FILE = "weights.pb"
-INPUT_NAMES = ("sample", "timestep", "encoder_hidden_states", "y")
-OUTPUT_NAME = "latent"
 DEFAULT_OPSET = 17
-
-
-class _OnnxSignature(nn.Module):
-    """Gives the UNet the ONNX input names; ``y`` only for models that take it."""
-
-    def __init__(self, unet: nn.Module, takes_y: bool):
-        super().__init__()
-        self.unet = unet
-        self.takes_y = takes_y
-
-    def forward(self, sample, timestep, encoder_hidden_states, y=None):
-        if self.takes_y:
-            return self.unet(sample, timestep, encoder_hidden_states, y=y)
-        return self.unet(sample, timestep, encoder_hidden_states)
 
 
 @dataclasses.dataclass
 class ExportResult:
     folder: Path
-    description: UnetDescription
+    description: object
     opset: int
     export_s: float
     input_names: tuple[str, ...]
+    #: what the export's info file records
+    info: dict
 
     @property
     def model_path(self) -> Path:
@@ -103,21 +89,6 @@ def staged_folder(out_dir: Path, what: str):
         raise ExportError(f"exporting {what} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _trace_inputs(description: UnetDescription) -> tuple[torch.Tensor, ...]:
-    """Small inputs with B=2 and H != W so no dynamic dimension is specialised while tracing."""
-    io = description.io
-    m = io.spatial_multiple
-    g = torch.Generator().manual_seed(0)
-    args = [
-        torch.randn(2, io.in_channels, 2 * m, 3 * m, generator=g),
-        torch.tensor([999.0, 500.5]),
-        torch.randn(2, 77, io.context_dim, generator=g),
-    ]
-    if io.adm_dim:
-        args.append(torch.randn(2, io.adm_dim, generator=g))
-    return tuple(args)
-
-
 def _onnx_available() -> bool:
     import importlib.util
 
@@ -160,57 +131,66 @@ def _without_onnx_package():
             module._add_onnxscript_fn = original
 
 
-def export_unet(model: nn.Module, out_dir: str | os.PathLike, *, opset: int = DEFAULT_OPSET,
-                consolidate: bool | None = None, progress=None) -> ExportResult:
-    """Export ``model`` (``forward(x, timesteps, context, y=None)``) to ``out_dir``.
+def _trace(part, model: nn.Module, description, folder: Path, opset: int, consolidate: bool) -> dict:
+    """Trace ``part`` of ``model`` into ``folder`` and write its ``export.json``; returns what that records."""
+    folder.mkdir(exist_ok=True)
+    names = list(part.input_names(description))
+    start = time.perf_counter()
+    graph = part.graph(model, description)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+        torch.onnx.export(
+            graph, part.trace_inputs(description), str(folder / MODEL_FILE), dynamo=False,
+            input_names=names, output_names=[part.output_name], dynamic_axes=part.dynamic_axes(description),
+            opset_version=opset, do_constant_folding=True, export_params=True,
+        )
+    del graph
+    if consolidate:
+        consolidate_external_data(folder / MODEL_FILE, WEIGHTS_FILE)
+    info = {**part.export_info(description), "opset": opset, "input_names": names,
+            "output_name": part.output_name, "torch": torch.__version__,
+            "export_s": round(time.perf_counter() - start, 2), "weights_consolidated": consolidate}
+    # the optimization child reads export.json of the folder it optimizes (weights_consolidated)
+    (folder / "export.json").write_text(json.dumps(info, indent=2))
+    return info
 
-    ``out_dir`` must not exist; it appears only when the export is complete. ``progress`` is an
-    optional ``callable(fraction, message)``. The weights are gathered into one file here when the
-    ``onnx`` package is importable (``consolidate=None``); the WebUI's environment does not have it
-    (it pins protobuf 3.20.0), and then the optimization child does it before running Olive.
+
+def export_model(model_kind, model: nn.Module, out_dir: str | os.PathLike, *, parts=None, opset: int = DEFAULT_OPSET,
+                 consolidate: bool | None = None, progress=None) -> ExportResult:
+    """Export ``parts`` (default: all) of ``model``, a ``model_kind`` (``lib_ort.parts.base.Model``), to ``out_dir``.
+
+    ``out_dir`` must not exist; it appears only when every part is complete. The model is moved to CPU
+    fp32 for the trace and put back afterwards. ``progress`` is an optional ``callable(fraction, message)``.
+    The weights are gathered into one file here when the ``onnx`` package is importable
+    (``consolidate=None``); the WebUI's environment does not have it (it pins protobuf 3.20.0), and then
+    the optimization child does it before running Olive.
     """
     out_dir = Path(out_dir)
     report = progress or (lambda fraction, message: None)
-    description = describe_unet(model)
-    takes_y = description.io.adm_dim is not None
-    names = INPUT_NAMES if takes_y else INPUT_NAMES[:3]
-    dynamic_axes = {
-        "sample": {0: "B", 2: "H", 3: "W"},
-        "timestep": {0: "B"},
-        "encoder_hidden_states": {0: "B", 1: "S"},
-        OUTPUT_NAME: {0: "B", 2: "H", 3: "W"},
-    }
-    if takes_y:
-        dynamic_axes["y"] = {0: "B"}
-
+    parts = tuple(parts or model_kind.parts)
+    try:
+        description = model_kind.describe(model)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from exc
+    label = model_kind.label(description)
+    consolidate = _onnx_available() if consolidate is None else consolidate
     start = time.perf_counter()
-    with staged_folder(out_dir, f"the {description.label} UNet") as work:
-        report(0.05, f"tracing the {description.label} UNet ({description.parameters / 1e6:.0f} M parameters)")
-        with on_cpu_in_fp32(model), sdpa_attention(model), _without_onnx_package(), torch.no_grad():
-            wrapper = _OnnxSignature(model, takes_y).eval()
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-                torch.onnx.export(
-                    wrapper, _trace_inputs(description), str(work / MODEL_FILE), dynamo=False,
-                    input_names=list(names), output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes,
-                    opset_version=opset, do_constant_folding=True, export_params=True,
-                )
-            del wrapper
-        consolidated = consolidate if consolidate is not None else _onnx_available()
-        if consolidated:
-            report(0.8, "writing the weights into one file")
-            consolidate_external_data(work / MODEL_FILE, WEIGHTS_FILE)
-        elapsed = time.perf_counter() - start
-        (work / "export.json").write_text(json.dumps({
-            "family": description.family.value, "io": description.io.to_dict(), "opset": opset,
-            "input_names": list(names), "output_name": OUTPUT_NAME, "torch": torch.__version__,
-            "parameters": description.parameters, "export_s": round(elapsed, 2),
-            "weights_consolidated": consolidated,
-        }, indent=2))
-    report(1.0, "export done")
-    return ExportResult(out_dir, description, opset, elapsed, tuple(names))
+    with staged_folder(out_dir, label) as work:
+        infos = {}
+        with on_cpu_in_fp32(model), model_kind.trace_context(model), _without_onnx_package(), torch.no_grad():
+            for i, part in enumerate(parts):
+                what = label if len(parts) == 1 else f"{label} {part.name}"
+                report(0.05 + 0.9 * i / len(parts),
+                       f"tracing {what} ({model_kind.parameters(description) / 1e6:.0f} M parameters)")
+                infos[part.name] = _trace(part, model, description, part.path(work), opset, consolidate)
+        export_s = round(time.perf_counter() - start, 2)
+        info = model_kind.summary(description, infos, opset, export_s)
+        if info is not None:
+            (work / model_kind.info_file).write_text(json.dumps(info, indent=2))
+        else:
+            info = infos[parts[0].name]
+    report(1.0, f"export of {label} done")
+    return ExportResult(out_dir, description, opset, export_s, tuple(infos[parts[0].name]["input_names"]), info)
 
 
 def load_export_info(folder: str | os.PathLike) -> dict:

@@ -1,4 +1,4 @@
-"""Run an Olive recipe on an exported UNet in a child process and register the result.
+"""Run an Olive recipe on an exported model (any ``lib_ort.parts`` model) in a child process and register it.
 
 The child (``lib_ort.olive_child``) runs in a *toolchain*: an interpreter and an environment given
 as parameters. In the WebUI that is a separate environment holding Olive and its dependencies
@@ -21,8 +21,10 @@ from pathlib import Path
 
 from . import __version__
 from .errors import OptimizationError
-from .export import MODEL_FILE, WEIGHTS_FILE, load_export_info
-from .recipes import OLIVE_VERSION, get_recipe, olive_config
+from .export import MODEL_FILE, WEIGHTS_FILE
+from .parts.base import Model
+from .parts.unet import UNET
+from .recipes import OLIVE_VERSION, olive_config
 from .registry import Artefact, Registry
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -46,12 +48,6 @@ class Toolchain:
         env["OLIVE_DISABLE_TELEMETRY"] = "1"
         env["PYTHONUNBUFFERED"] = "1"
         return env
-
-
-def default_shape_ranges(spatial_multiple: int) -> dict:
-    """Latent sizes 64..2048 px, batch up to 16 rows (8 images with CFG), up to 8 prompt chunks."""
-    return {"batch": [1, 16], "height": [spatial_multiple, 256], "width": [spatial_multiple, 256],
-            "sequence": [1, 77 * 8]}
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -97,72 +93,68 @@ def run_olive_child(job: dict, work: Path, label: str, toolchain: Toolchain, *, 
 
 
 def optimize_export(export_folder: str | os.PathLike, ep: str, registry: Registry, *, checkpoint: dict,
+                    model: Model = UNET, precision: str | None = None, vae: dict | None = None,
                     toolchain: Toolchain = Toolchain(), shape_ranges: dict | None = None,
                     timeout: float | None = None, progress=None, recipe: dict | None = None) -> Artefact:
-    """Optimize the export in ``export_folder`` for ``ep`` and register it for ``checkpoint``.
+    """Optimize every part of ``model``'s export in ``export_folder`` for ``ep`` and register one artefact.
 
-    ``checkpoint`` is ``{"hash": sha256, "name": display name}``. ``progress`` is an optional
-    ``callable(fraction, message)``, called about once a second while the child runs. ``recipe``
-    replaces ``ep``'s own (tests: an fp16 graph the CPU provider runs).
+    ``checkpoint`` (and, for a VAE, ``vae``) is ``{"hash": sha256, "name": display name}``. One child
+    optimizes every part (Olive's start-up is most of a small model's time), and the artefact is
+    committed only when all are done. ``progress`` is an optional ``callable(fraction, message)``, called
+    about once a second while the child runs. ``recipe`` replaces the provider's own (tests: an fp16
+    graph the CPU provider runs). ``shape_ranges`` replaces the UNet's default TensorRT profile.
     """
     report = progress or (lambda fraction, message: None)
     export_folder = Path(export_folder)
-    info = load_export_info(export_folder)
-    recipe = recipe or get_recipe(ep)
-    work = registry.new_work_folder(f"optimize-{ep}")
-    log_path = work / "olive.log"
+    info = json.loads((export_folder / model.info_file).read_text())
+    parts = model.exported_parts(info)
+    recipe = recipe or model.recipe(ep, precision)
+    slug = "" if model.kind == "unet" else f"{model.kind}-"
+    label = ep if model.kind == "unet" else f"{ep} {model.kind.upper()}"
+    work = registry.new_work_folder(f"optimize-{slug}{ep}")
     try:
-        olive_out = work / "olive-out"
-        job = {
-            "ep": ep,
-            "work_dir": str(work),
-            "weights_file": WEIGHTS_FILE,
-            "fp32_time_embedding": recipe.get("fp32_time_embedding"),
-            "placement_provider": recipe["provider"],
-            "olive_config": olive_config(recipe, str(export_folder), MODEL_FILE, str(olive_out), str(work / "cache")),
-        }
+        jobs = []
+        for part in parts:
+            part_work = part.path(work)
+            part_work.mkdir(exist_ok=True)
+            jobs.append({"ep": ep, "work_dir": str(part_work), "weights_file": WEIGHTS_FILE, **part.child_job(recipe),
+                         "olive_config": olive_config(recipe, str(part.path(export_folder)), MODEL_FILE,
+                                                      str(part_work / "olive-out"), str(work / "cache"))})
         start = time.perf_counter()
-        run_olive_child(job, work, ep, toolchain, timeout=timeout, progress=report)
-        result = json.loads((work / "result.json").read_text())
-        model_dir = work / "model"
-        for leftover in ("cache", "olive-out"):
-            shutil.rmtree(work / leftover, ignore_errors=True)
-        # the artefact's folder is the model folder; keep the log beside the manifest
-        shutil.move(str(log_path), model_dir / "olive.log")
-        (model_dir / "job.json").unlink(missing_ok=True)
-        data_files = [WEIGHTS_FILE] if (model_dir / WEIGHTS_FILE).exists() else []
+        run_olive_child({"ep": ep, "parts": jobs}, work, label, toolchain, timeout=timeout, progress=report)
+        # move each part's model folder out of the work folder, then drop the work folder
+        staged = registry.new_work_folder(f"stage-{slug}{ep}")
+        results, files = {}, []
+        for part in parts:
+            results[part.name] = json.loads((part.path(work) / "result.json").read_text())
+            if not part.folder:
+                staged.rmdir()
+            os.replace(part.path(work) / "model", part.path(staged))
+            files.append(part.file(MODEL_FILE))
+            if (part.path(staged) / WEIGHTS_FILE).exists():
+                files.append(part.file(WEIGHTS_FILE))
+        # the artefact's folder keeps the log beside the manifest
+        shutil.move(str(work / "olive.log"), staged / "olive.log")
+        shutil.rmtree(work, ignore_errors=True)
+        work = staged
         manifest = {
             "checkpoint": dict(checkpoint),
             "ep": ep,
             "provider": recipe["provider"],
             "precision": recipe["precision"],
-            "family": info["family"],
-            "io": info["io"],
-            "input_names": info["input_names"],
-            "output_name": info["output_name"],
-            "io_types": result["io_types"],
-            "shape_ranges": shape_ranges or default_shape_ranges(info["io"]["spatial_multiple"]),
+            **model.manifest(info, results, files, {"shape_ranges": shape_ranges, "vae": vae}),
             "opset": info["opset"],
-            "model_file": MODEL_FILE,
-            "data_files": data_files,
+            "model_file": files[0],
+            "data_files": files[1:],
             "recipe": recipe,
-            "fused_ops": result["fused_ops"],
-            "fp32_nodes": result.get("fp32_nodes", []),
-            # Memcpy nodes in the graph ORT optimized for the provider (None: the toolchain's ORT lacks it)
-            "placement": result.get("placement"),
             "min_runtime_ort": MIN_RUNTIME_ORT[ep],
             "versions": {"torch": info["torch"], "olive_expected": OLIVE_VERSION, "ort_turbo": __version__,
-                         **result["versions"]},
+                         **results[parts[-1].name]["versions"]},
             "timings": {"export_s": info.get("export_s"), "optimize_s": round(time.perf_counter() - start, 2)},
         }
-        # move the model folder out of the work folder, then drop the work folder
-        staged = registry.new_work_folder(f"stage-{ep}")
-        staged.rmdir()
-        os.replace(model_dir, staged)
-        shutil.rmtree(work, ignore_errors=True)
-        work = staged
         artefact = registry.commit(staged, manifest)
-        report(1.0, f"optimized for {ep}: {artefact.id}")
+        report(1.0, f"{model.kind} optimized for {ep} "
+                    f"({recipe['precision']}): {artefact.id}")
         return artefact
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,19 +1,28 @@
-"""Export → optimize → artefact, with the export cached by checkpoint hash.
+"""Export → optimize → artefact for any model (``lib_ort.parts``): the one entry point the command line,
+the benchmark and the WebUI tab share.
 
-The one entry point the command line, the benchmark and the WebUI tab share.
+A UNet's raw export is cached by checkpoint hash (``exports/``: SDXL takes minutes to trace); a VAE's is
+made in a scratch folder and dropped (it traces in seconds).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 from pathlib import Path
 
 from torch import nn
 
-from .export import DEFAULT_OPSET, export_unet, load_export_info
+from .errors import ArtefactError
+from .export import DEFAULT_OPSET, export_model, load_export_info
 from .optimize import Toolchain, optimize_export
+from .parts.base import Model
+from .parts.unet import UNET
+from .parts.vae import VAE
 from .registry import Artefact, Registry
+
+log = logging.getLogger(__name__)
 
 EXPORTS = "exports"
 
@@ -34,47 +43,92 @@ class Prepared:
 
 def ensure_export(model: nn.Module, registry: Registry, checkpoint: dict, *, opset: int = DEFAULT_OPSET,
                   progress=None) -> tuple[Path, bool]:
-    """The raw fp32 export of ``model`` for ``checkpoint``: reused when present, else made now."""
+    """The raw fp32 UNet export of ``model`` for ``checkpoint``: reused when present, else made now."""
     folder = export_folder(registry, checkpoint["hash"], opset)
     if (folder / "export.json").exists():
         return folder, True
-    export_unet(model, folder, opset=opset, progress=progress)
+    export_model(UNET, model, folder, opset=opset, progress=progress)
     return folder, False
+
+
+def find_artefact(model: Model, registry: Registry, checkpoint_hash: str, ep: str, precision: str | None = None,
+                  vae_hash: str | None = None) -> Artefact | None:
+    """The valid artefact of ``model`` for this checkpoint (and VAE) and provider; None if none;
+    ``ArtefactError`` if the registered one is broken."""
+    folder = registry.find(checkpoint_hash, ep, precision, kind=model.kind, vae_hash=vae_hash)
+    return None if folder is None else registry.load(folder, checkpoint_hash, vae_hash=vae_hash)
+
+
+def find_vae_artefact(registry: Registry, checkpoint_hash: str, vae_hash: str, ep: str,
+                      precision: str | None = None) -> Artefact | None:
+    return find_artefact(VAE, registry, checkpoint_hash, ep, precision, vae_hash)
+
+
+def _reusable(model: Model, registry: Registry, checkpoint: dict, ep: str, precision: str | None,
+              vae_record: dict | None, recipe: dict | None) -> Artefact | None:
+    """The registered artefact when it is valid and made by ``recipe`` (when given); else None, saying why."""
+    try:
+        found = find_artefact(model, registry, checkpoint["hash"], ep, precision,
+                              vae_record["hash"] if vae_record else None)
+    except ArtefactError as exc:
+        log.warning("[ORT Turbo] making the %s artefact again: %s", model.kind, exc)
+        return None
+    if found is not None and recipe is not None and found.manifest["recipe"] != recipe:
+        return None
+    return found
+
+
+def _optimize(model: Model, export_dir: Path, registry: Registry, checkpoint: dict, ep: str, precision: str | None,
+              vae_record: dict | None, report, **kwargs) -> Artefact:
+    share = model.export_share
+    return optimize_export(export_dir, ep, registry, checkpoint=checkpoint, model=model, precision=precision,
+                           vae=vae_record, progress=lambda f, m: report(share + (1 - share) * f, m), **kwargs)
 
 
 def prepare(model: nn.Module | None, registry: Registry, checkpoint: dict, ep: str, *,
             toolchain: Toolchain = Toolchain(), opset: int = DEFAULT_OPSET, keep_export: bool = True,
             force: bool = False, progress=None, timeout: float | None = None) -> Prepared:
-    """An artefact of ``model`` for ``ep``: the registered one if valid (unless ``force``), else new.
+    """A UNet artefact of ``model`` for ``ep``: the registered one if valid (unless ``force``), else new.
 
     ``model`` may be None when the export for ``checkpoint`` already exists.
-
     ``progress(fraction, message)``: export takes the first 40 %, optimization the rest.
     """
     report = progress or (lambda fraction, message: None)
-    if not force:
-        existing = registry.find(checkpoint["hash"], ep)
-        if existing is not None:
-            try:
-                artefact = registry.load(existing, checkpoint["hash"])
-                t = artefact.manifest.get("timings", {})
-                folder = export_folder(registry, checkpoint["hash"], opset)
-                kept = folder if (folder / "export.json").exists() else None
-                return Prepared(artefact, kept, t.get("export_s"), t.get("optimize_s"), True, True)
-            except Exception:
-                pass  # invalid: make it again below
     folder = export_folder(registry, checkpoint["hash"], opset)
+    found = None if force else _reusable(UNET, registry, checkpoint, ep, None, None, None)
+    if found is not None:
+        t = found.manifest.get("timings", {})
+        kept = folder if (folder / "export.json").exists() else None
+        return Prepared(found, kept, t.get("export_s"), t.get("optimize_s"), True, True)
     if model is None:
         if not (folder / "export.json").exists():
             raise ValueError("no model given and no export or valid artefact for this checkpoint")
         export_cached = True
     else:
         folder, export_cached = ensure_export(model, registry, checkpoint, opset=opset,
-                                              progress=lambda f, m: report(0.4 * f, m))
+                                              progress=lambda f, m: report(UNET.export_share * f, m))
     export_s = load_export_info(folder).get("export_s")
-    artefact = optimize_export(folder, ep, registry, checkpoint=checkpoint, toolchain=toolchain, timeout=timeout,
-                               progress=lambda f, m: report(0.4 + 0.6 * f, m))
+    artefact = _optimize(UNET, folder, registry, checkpoint, ep, None, None, report, toolchain=toolchain,
+                         timeout=timeout)
     if not keep_export:
         shutil.rmtree(folder, ignore_errors=True)
         folder = None
     return Prepared(artefact, folder, export_s, artefact.manifest["timings"]["optimize_s"], export_cached, False)
+
+
+def prepare_vae(vae: nn.Module | None, registry: Registry, checkpoint: dict, vae_record: dict, ep: str,
+                precision: str, *, toolchain: Toolchain = Toolchain(), recipe: dict | None = None,
+                force: bool = False, progress=None, timeout: float | None = None) -> Artefact:
+    """The VAE artefact for ``(checkpoint, vae_record, ep, precision)``: the registered one when valid
+    (unless ``force``), else exported from ``vae`` and optimized now. The raw export is not kept."""
+    report = progress or (lambda fraction, message: None)
+    found = None if force else _reusable(VAE, registry, checkpoint, ep, precision, vae_record, recipe)
+    if found is not None:
+        return found
+    scratch = registry.new_work_folder("export-vae")
+    try:
+        export_model(VAE, vae, scratch / "export", progress=lambda f, m: report(VAE.export_share * f, m))
+        return _optimize(VAE, scratch / "export", registry, checkpoint, ep, precision, vae_record, report,
+                         toolchain=toolchain, recipe=recipe, timeout=timeout)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

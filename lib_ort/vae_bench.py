@@ -49,8 +49,8 @@ def run_vae_bench(vae_name: str = "sd-ldm", ep: str = "cpu", *, batch: int = 1, 
     of the posterior's moments."""
     from .sessions import create_session, plan_session
     from .vae import OrtVae
-    from .vae_export import EncoderGraph, export_vae
-    from .vae_pipeline import prepare_vae
+    from .parts.vae import EncoderGraph, export_vae
+    from .pipeline import prepare_vae
 
     report = progress or (lambda fraction, message: None)
     if height % 8 or width % 8:

@@ -8,7 +8,8 @@ from conftest import TINY, tiny_model
 from lib_ort.architectures import example_inputs
 from lib_ort.attention import sdpa_attention
 from lib_ort.errors import ExportError
-from lib_ort.export import MODEL_FILE, WEIGHTS_FILE, export_unet, load_export_info, on_cpu_in_fp32
+from lib_ort.export import MODEL_FILE, WEIGHTS_FILE, load_export_info, on_cpu_in_fp32
+from lib_ort.parts.unet import export_unet
 from lib_ort.graph import io_types, op_counts
 
 SHAPES = [(1, 8, 8, 77), (2, 12, 8, 154), (3, 8, 16, 77)]  # (B, latent H, latent W, S): H != W, S in {77, 154}

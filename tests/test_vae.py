@@ -14,8 +14,8 @@ from lib_ort.recipes import RECIPES, VAE_RECIPES, cpu_fp16_vae_recipe, get_vae_r
 from lib_ort.registry import Registry
 from lib_ort.vae import GuardedDecoder, OrtVae, forget_fp16_overflows, fp16_overflowed
 from lib_ort.vae_architectures import build_vae
-from lib_ort.vae_export import DecoderGraph, EncoderGraph, describe_vae, export_vae
-from lib_ort.vae_pipeline import find_vae_artefact, prepare_vae
+from lib_ort.parts.vae import DecoderGraph, EncoderGraph, describe_vae, export_vae
+from lib_ort.pipeline import find_vae_artefact, prepare_vae
 
 FLAVOURS = ("tiny-ldm", "tiny-diffusers")
 CKPT = {"hash": "c" * 64, "name": "tiny.safetensors"}

@@ -28,8 +28,9 @@ from modules import sd_unet, shared
 from ..errors import OrtTurboError, UnsupportedInput
 from ..recipes import vae_precision
 from ..vae import GuardedDecoder, OrtVae
-from ..vae_export import export_vae
-from ..vae_pipeline import find_vae_artefact, optimize_vae_export
+from ..optimize import optimize_export
+from ..parts.vae import VAE, export_vae
+from ..pipeline import find_vae_artefact
 from . import service, settings
 from .job import comment_under_image, run_on_close
 
@@ -112,9 +113,9 @@ def _export_vae(sd_model, checkpoint: dict, record: dict, ep: str, precision: st
         artefact = None
         for i, prec in enumerate(precisions):
             share = 0.9 / len(precisions)
-            made = optimize_vae_export(scratch / "export", ep, prec, reg, checkpoint=checkpoint, vae=record,
-                                       toolchain=service.toolchain(),
-                                       progress=lambda f, m, i=i, share=share: report(0.1 + share * (i + f), m))
+            made = optimize_export(scratch / "export", ep, reg, checkpoint=checkpoint, model=VAE, precision=prec,
+                                   vae=record, toolchain=service.toolchain(),
+                                   progress=lambda f, m, i=i, share=share: report(0.1 + share * (i + f), m))
             artefact = artefact or made
     finally:
         import shutil

@@ -114,7 +114,7 @@ def cmd_vae(a, s, out: Path) -> dict:
     from lib_ort.registry import Registry
     from lib_ort.vae import GuardedDecoder, OrtVae, forget_fp16_overflows
     from lib_ort.vae_architectures import build_vae
-    from lib_ort.vae_pipeline import prepare_vae
+    from lib_ort.pipeline import prepare_vae
 
     registry = Registry(out / "registry")
     fp16_recipe = None
