@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import torch
 
-from .errors import OrtTurboError, UnsupportedInput
+from .errors import UnsupportedInput
 from .registry import Artefact
-from .sessions import (CudaRunner, GraphThread, create_session, graph_policy, placement_report, plan_session,
-                       require_provider, trt_ranges, unet_trt_profiles)
-
-_TORCH_DTYPES = {"FLOAT": torch.float32, "FLOAT16": torch.float16}
+from .runner import TORCH_DTYPES, OrtRunner, finite
+from .sessions import GraphThread, graph_policy, placement_report, plan_session, trt_ranges, unet_trt_profiles
 
 #: ids of fp16 artefacts whose output overflowed in this session -> the message said
 _OVERFLOWED: dict[str, str] = {}
@@ -40,58 +38,37 @@ def forget_overflows() -> None:
 
 def input_dtypes(manifest: dict) -> dict:
     """The torch dtype each graph input is fed in, from the manifest's ``io_types``."""
-    return {n: _TORCH_DTYPES[manifest["io_types"][n]] for n in manifest["input_names"]}
+    return {n: TORCH_DTYPES[manifest["io_types"][n]] for n in manifest["input_names"]}
 
 
-class OrtUnet:
+class OrtUnet(OrtRunner):
     def __init__(self, artefact: Artefact, *, device_id: int = 0, cuda_graph: bool = False,
                  intra_op_threads: int | None = None, cache_dir=None, trt_request: dict | None = None):
-        self.artefact = artefact
+        super().__init__(artefact, device_id=device_id, what="the ONNX UNet", needs="artefact")
         m = artefact.manifest
         self.io = m["io"]
         self.ranges = m["shape_ranges"]
         self.input_names = list(m["input_names"])
         self.output_name = m["output_name"]
         self.input_dtypes = input_dtypes(m)
-        self.output_dtype = _TORCH_DTYPES[m["io_types"][self.output_name]]
-        self.guarded = m.get("precision", "fp32") != "fp32"
-        self.ep = artefact.ep
-        require_provider(self.ep)
-        self.stream = None
-        self.vram = None
-        cuda_options = None
+        self.output_dtype = TORCH_DTYPES[m["io_types"][self.output_name]]
         trt_profiles = None
-        if self.ep in ("cuda", "tensorrt"):
-            if not torch.cuda.is_available():
-                raise OrtTurboError(f"the {self.ep} artefact needs a CUDA build of torch with a GPU; this torch has none")
-            from .vram import check_before_session, weights_bytes
-
-            self.vram = check_before_session(weights_bytes(artefact.folder, [m["model_file"], *m.get("data_files", [])]),
-                                             device_id)
-            cuda_options = self.vram.provider_options
-            # a dedicated, non-zero stream: handle 0 would leave ORT unordered on its own stream
-            self.stream = torch.cuda.Stream(device=device_id)
-            if self.ep == "tensorrt":
-                trt_profiles = unet_trt_profiles(m, trt_request)
-                r = trt_ranges(m["shape_ranges"], trt_request)  # shapes outside the profile fall back
-                self.ranges = {"batch": r["batch"], "height": [v // 8 for v in r["height_px"]],
-                               "width": [v // 8 for v in r["width_px"]], "sequence": r["sequence"]}
+        if self.ep == "tensorrt":
+            trt_profiles = unet_trt_profiles(m, trt_request)
+            r = trt_ranges(m["shape_ranges"], trt_request)  # shapes outside the profile fall back
+            self.ranges = {"batch": r["batch"], "height": [v // 8 for v in r["height_px"]],
+                           "width": [v // 8 for v in r["width_px"]], "sequence": r["sequence"]}
         memcpy = (m.get("placement") or {}).get("memcpy_nodes")
         if cuda_graph and self.ep == "cuda" and memcpy is None:
             # not measured when the artefact was made (a toolchain without onnxruntime-gpu): graphs need it
             memcpy = placement_report(artefact.model_path, plan_session("cuda", device_id=device_id).providers)["memcpy_nodes"]
         self.graphs = graph_policy(cuda_graph, self.ep, memcpy)
-        self.plan = plan_session(self.ep, manifest=m, device_id=device_id,
-                                 stream=self.stream.cuda_stream if self.stream is not None else None,
+        self.plan = plan_session(self.ep, manifest=m, device_id=device_id, stream=self.stream_handle,
                                  cuda_graph=self.graphs.use_graphs, intra_op_threads=intra_op_threads,
-                                 cache_dir=cache_dir, trt_profiles=trt_profiles, cuda_options=cuda_options)
-        self.session = create_session(artefact.model_path, self.plan)
-        self.runner = None
-        if self.plan.io_binding:
-            thread = GraphThread() if self.graphs.dedicated_thread else None
-            self.runner = CudaRunner(self.session, self.plan, self.output_name, ort_stream=self.stream,
-                                     graph_thread=thread)
-        self.device = torch.device("cuda", device_id) if self.plan.io_binding else torch.device("cpu")
+                                 cache_dir=cache_dir, trt_profiles=trt_profiles, cuda_options=self.cuda_options)
+        thread = GraphThread() if self.plan.io_binding and self.graphs.dedicated_thread else None
+        self.session, self.runner = self.open(artefact.model_path, self.plan, self.output_name, graph_thread=thread)
+        self.device = self.device_for(self.plan)
 
     def release(self) -> None:
         """Drop the session (its device memory goes back once nothing else holds it)."""
@@ -168,13 +145,8 @@ class OrtUnet:
             raise NonFiniteOutput(f"{_OVERFLOWED[self.artefact.id]} (seen earlier this session)", False)
         feeds = self.feeds(x, timesteps, context, y)
         out_shape = (x.shape[0], self.io["out_channels"], x.shape[2], x.shape[3])
-        if self.runner is not None:
-            out = self.runner.run(feeds, out_shape, self.output_dtype)
-        else:
-            # zero-copy numpy views in, ORT's numpy array out as a tensor without a copy
-            result = self.session.run([self.output_name], {n: t.numpy() for n, t in feeds.items()})[0]
-            out = torch.from_numpy(result)
-        if self.guarded and not bool(torch.isfinite(out).all()):
+        out = self.run_session(self.session, self.runner, feeds, self.output_name, out_shape, self.output_dtype)
+        if self.guarded and not finite(out):
             message = (f"the fp16 ONNX UNet {self.artefact.id} gave NaN/inf (fp16 overflow); PyTorch runs this "
                        "model's UNet for the rest of the session")
             _OVERFLOWED[self.artefact.id] = message

@@ -21,37 +21,22 @@ import torch
 
 from .errors import OrtTurboError, UnsupportedInput
 from .registry import Artefact
-from .sessions import CudaRunner, create_session, plan_session, require_provider, vae_trt_profiles
+from .runner import TORCH_DTYPES, OrtRunner, finite
+from .sessions import plan_session, vae_trt_profiles
 
-_TORCH_DTYPES = {"FLOAT": torch.float32, "FLOAT16": torch.float16}
 
-
-class OrtVae:
+class OrtVae(OrtRunner):
     def __init__(self, artefact: Artefact, *, device_id: int = 0, intra_op_threads: int | None = None):
         m = artefact.manifest
         if m.get("kind") != "vae":
             raise OrtTurboError(f"{artefact.id} is not a VAE artefact")
-        self.artefact = artefact
+        super().__init__(artefact, device_id=device_id, what="the ONNX VAE", needs="VAE")
         self.description = m["description"]
         self.precision = m["precision"]
         self.vae_hash = m["vae"]["hash"]
-        self.ep = artefact.ep
         self.intra_op_threads = intra_op_threads
-        require_provider(self.ep)
-        self.device_id = device_id
-        self.stream = None
-        self.cuda_options = None
-        if self.ep in ("cuda", "tensorrt"):
-            if not torch.cuda.is_available():
-                raise OrtTurboError(f"the {self.ep} VAE needs a CUDA build of torch with a GPU; this torch has none")
-            from .vram import check_before_session, weights_bytes
-
-            files = [m["model_file"], *m.get("data_files", [])]
-            self.cuda_options = check_before_session(weights_bytes(artefact.folder, files), device_id,
-                                                     what="the ONNX VAE").provider_options
-            self.stream = torch.cuda.Stream(device=device_id)  # dedicated and non-zero, see sessions.StreamOrder
         self.plan = self._plan(None)
-        self.device = torch.device("cuda", device_id) if self.plan.io_binding else torch.device("cpu")
+        self.device = self.device_for(self.plan)
         self._sessions: dict[str, tuple] = {}
         self._lock = threading.Lock()
         self._part("decoder")  # fail now, not in the middle of a generation, if the decoder cannot load
@@ -65,15 +50,10 @@ class OrtVae:
             profiles = vae_trt_profiles(self.artefact.manifest["parts"][part]["input_name"],
                                         d["latent_channels"] if decoder else d["image_channels"],
                                         d["scale"] if decoder else 1)
-        return plan_session(self.ep, device_id=self.device_id,
-                            stream=self.stream.cuda_stream if self.stream is not None else None,
+        return plan_session(self.ep, device_id=self.device_id, stream=self.stream_handle,
                             intra_op_threads=self.intra_op_threads, trt_profiles=profiles, cuda_options=self.cuda_options,
                             cpu_memory_arena=False,  # 512² activations: faster without the arena on CPU
                             shrink_arena=self.ep in ("cuda", "tensorrt"))
-
-    @property
-    def id(self) -> str:
-        return self.artefact.id
 
     def has(self, part: str) -> bool:
         return part in self.artefact.manifest["parts"]
@@ -85,22 +65,18 @@ class OrtVae:
                 spec = self.artefact.manifest["parts"].get(part)
                 if spec is None:
                     raise UnsupportedInput(f"the VAE artefact {self.id} has no {part}; export the VAE again")
-                plan = self._plan(part)
-                session = create_session(self.artefact.folder / spec["model_file"], plan)
-                runner = CudaRunner(session, plan, spec["output_name"], ort_stream=self.stream) if plan.io_binding else None
+                session, runner = self.open(self.artefact.folder / spec["model_file"], self._plan(part),
+                                            spec["output_name"])
                 types = spec["io_types"]
-                self._sessions[part] = (session, runner, _TORCH_DTYPES[types[spec["input_name"]]],
-                                        _TORCH_DTYPES[types[spec["output_name"]]], spec["input_name"],
+                self._sessions[part] = (session, runner, TORCH_DTYPES[types[spec["input_name"]]],
+                                        TORCH_DTYPES[types[spec["output_name"]]], spec["input_name"],
                                         spec["output_name"])
             return self._sessions[part]
 
     def _run(self, part: str, x: torch.Tensor, out_shape: tuple) -> torch.Tensor:
         session, runner, in_dtype, out_dtype, in_name, out_name = self._part(part)
         feed = x.to(self.device, in_dtype).contiguous()
-        if runner is not None:
-            out = runner.run({in_name: feed}, out_shape, out_dtype)
-        else:
-            out = torch.from_numpy(session.run([out_name], {in_name: feed.numpy()})[0])
+        out = self.run_session(session, runner, {in_name: feed}, out_name, out_shape, out_dtype)
         return out.to(x.device, x.dtype)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -136,10 +112,6 @@ def forget_fp16_overflows() -> None:
     _FP16_OVERFLOWS.clear()
 
 
-def _finite(t: torch.Tensor) -> bool:
-    return bool(torch.isfinite(t).all())
-
-
 class GuardedDecoder:
     """Decode with ``fast`` (an fp16 ``OrtVae`` or any ``OrtVae``); never return NaN/inf from an fp16 decode.
 
@@ -162,12 +134,12 @@ class GuardedDecoder:
         return self.fast.vae_hash
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        guarded = self.fast.precision != "fp32"
+        guarded = self.fast.guarded
         if guarded and fp16_overflowed(self.vae_hash):
             self.notify(self._remembered(), False)
             return self._decode_fp32(z)
         out = self.fast.decode(z)
-        if not guarded or _finite(out):
+        if not guarded or finite(out):
             self.last_source = "ort"
             return out
         first_time = self.vae_hash not in _FP16_OVERFLOWS
@@ -184,7 +156,7 @@ class GuardedDecoder:
         every decoded image to fp32 afterwards anyway)."""
         if self.fp32 is not None:
             out = self.fp32.decode(z.float())
-            if _finite(out):
+            if finite(out):
                 self.last_source = "ort-fp32"
                 return out
         self.last_source = "torch-fp32"
