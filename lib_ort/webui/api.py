@@ -23,23 +23,40 @@ def http_status(exc: Exception) -> int:
     return next((status for kind, status in STATUS_BY_ERROR if isinstance(exc, kind)), 500)
 
 
+def _provider(body: dict | None) -> str:
+    """The provider key a request names by label ("CUDA"), choice ("Automatic") or key ("cuda")."""
+    from fastapi import HTTPException
+
+    choice = (body or {}).get("provider", "Automatic")
+    if choice in settings.PROVIDER_CHOICES:
+        return settings.resolve_provider(choice)
+    if choice in settings.PROVIDERS.values():
+        return choice
+    raise HTTPException(400, f"unknown provider {choice!r}; use one of "
+                             f"{', '.join([*settings.PROVIDERS.values(), *settings.PROVIDER_CHOICES])}")
+
+
+def _answer(export, *args, **kwargs):
+    from fastapi import HTTPException
+
+    try:
+        return export(*args, **kwargs)
+    except (OrtTurboError, ValueError) as exc:
+        raise HTTPException(http_status(exc), str(exc)) from exc
+
+
 def add_routes(app) -> None:
+    """``POST /ort-turbo/v1/export`` (the UNet) and ``/ort-turbo/v1/export-vae`` take
+    ``{"provider": "Automatic" | "CUDA" | "cuda" | ...}`` (the VAE also ``"precision"``)."""
     from fastapi import Body, HTTPException
 
+    from . import vae as ort_vae
+
     def export(body: dict = Body(...)):
-        choice = (body or {}).get("provider", "Automatic")
-        by_value = {v: v for v in settings.PROVIDERS.values()}
-        if choice in settings.PROVIDER_CHOICES:
-            ep = settings.resolve_provider(choice)
-        elif choice in by_value:
-            ep = choice
-        else:
-            raise HTTPException(400, f"unknown provider {choice!r}; use one of "
-                                     f"{', '.join([*settings.PROVIDERS.values(), *settings.PROVIDER_CHOICES])}")
-        try:
-            return service.export_loaded_checkpoint(ep)
-        except (OrtTurboError, ValueError) as exc:
-            raise HTTPException(http_status(exc), str(exc)) from exc
+        return _answer(service.export_loaded_checkpoint, _provider(body))
+
+    def export_vae(body: dict = Body(...)):
+        return _answer(ort_vae.export_loaded_vae, _provider(body), precision=(body or {}).get("precision"))
 
     def artefacts():
         return service.artefact_rows()
@@ -52,5 +69,6 @@ def add_routes(app) -> None:
         return {"deleted": artefact_id}
 
     app.add_api_route("/ort-turbo/v1/export", export, methods=["POST"])
+    app.add_api_route("/ort-turbo/v1/export-vae", export_vae, methods=["POST"])
     app.add_api_route("/ort-turbo/v1/artefacts", artefacts, methods=["GET"])
     app.add_api_route("/ort-turbo/v1/artefacts/{artefact_id}", delete, methods=["DELETE"])

@@ -171,8 +171,69 @@ def _out_of_space(exc: BaseException | None) -> bool:
     return False
 
 
-def export_loaded_checkpoint(ep: str, progress=None) -> dict:
-    """Export and optimize the loaded checkpoint's UNet for ``ep``; returns the artefact's manifest."""
+class PartExport:
+    """What exporting one model part from the loaded WebUI model takes: its name for messages, the trace
+    (under the queue lock: the part is on the CPU in fp32 meanwhile), the optimization (outside it) and
+    the clean-up of what the trace left. One instance per export; ``lib_ort.webui.vae`` has the VAE's."""
+
+    #: how much of the progress bar the trace takes
+    trace_share = 0.4
+
+    def __init__(self, sd_model, ep: str):
+        self.sd_model, self.ep = sd_model, ep
+        self.checkpoint = checkpoint_record(sd_model.sd_checkpoint_info)
+
+    def what(self) -> str:
+        raise NotImplementedError
+
+    def trace(self, reg: Registry, progress) -> None:
+        raise NotImplementedError
+
+    def optimize(self, reg: Registry, tools: Toolchain, progress):
+        """Returns the artefact that is ready (the first one made, when several are)."""
+        raise NotImplementedError
+
+    def clean(self) -> None:
+        pass
+
+    def ready(self) -> None:
+        pass
+
+
+class UnetExport(PartExport):
+    def what(self) -> str:
+        return f"{self.checkpoint['name']} for {self.ep}"
+
+    def trace(self, reg, progress):
+        from modules import sd_unet
+
+        from ..pipeline import ensure_export
+
+        was_active = sd_unet.current_unet is not None
+        sd_unet.apply_unet("None")  # route UNet calls to PyTorch during the trace
+        try:
+            ensure_export(self.sd_model.model.diffusion_model, reg, self.checkpoint,
+                          progress=lambda f, m: progress(self.trace_share * f, m))
+        finally:
+            if was_active:
+                sd_unet.apply_unet()
+
+    def optimize(self, reg, tools, progress):
+        return prepare(None, reg, self.checkpoint, self.ep, toolchain=tools, force=True, keep_export=False,
+                       progress=progress).artefact
+
+    def ready(self):
+        from modules import sd_unet
+
+        sd_unet.list_unets()
+
+
+def export_loaded(make, ep: str, progress=None) -> dict:
+    """Export and optimize a part of the loaded model for ``ep``; returns the artefact's manifest.
+
+    ``make(sd_model, ep)`` gives the part's ``PartExport``. One export at a time; the runtime is checked
+    before any minute is spent; the console hears about it every ten seconds.
+    """
     report = progress or (lambda fraction, message: None)
     last = [0.0]
 
@@ -186,32 +247,29 @@ def export_loaded_checkpoint(ep: str, progress=None) -> dict:
         raise OrtTurboError(f"unknown provider {ep!r}; choose one of {', '.join(settings.PROVIDERS.values())}")
     sd_model = loaded_model()
     check_runtime(ep)
-    record = checkpoint_record(sd_model.sd_checkpoint_info)
-    with one_export(f"{record['name']} for {ep}"):
-        return _export_checkpoint(sd_model, record, ep, both)
+    part = make(sd_model, ep)
+    with one_export(part.what()):
+        return _export(part, both)
 
 
-def _export_checkpoint(sd_model, record: dict, ep: str, both) -> dict:
-    from modules import call_queue, sd_unet
+def _export(part: PartExport, both) -> dict:
+    from modules import call_queue
 
     reg = registry()
-    both(0.0, f"exporting {record['name']} for {ep}")
-    with call_queue.queue_lock:  # no generation may run while the UNet is traced on the CPU in fp32
-        was_active = sd_unet.current_unet is not None
-        sd_unet.apply_unet("None")  # route UNet calls to PyTorch during the trace
-        try:
-            from ..pipeline import ensure_export
-
-            ensure_export(sd_model.model.diffusion_model, reg, record, progress=lambda f, m: both(0.4 * f, m))
-        finally:
-            if was_active:
-                sd_unet.apply_unet()
-    tools = toolchain(progress=lambda f, m: both(0.4, m))
+    both(0.0, f"exporting {part.what()}")
     try:
-        prepared = prepare(None, reg, record, ep, toolchain=tools, force=True, keep_export=False,
-                           progress=lambda f, m: both(f, m))
+        with call_queue.queue_lock:  # no generation may run while the part is traced on the CPU in fp32
+            part.trace(reg, both)
+        tools = toolchain(progress=lambda f, m: both(part.trace_share, m))
+        artefact = part.optimize(reg, tools, both)
     finally:
+        part.clean()
         artefacts_changed()
-    sd_unet.list_unets()
-    both(1.0, f"ready: {prepared.artefact.id}")
-    return prepared.artefact.manifest
+    part.ready()
+    both(1.0, f"ready: {artefact.id}")
+    return artefact.manifest
+
+
+def export_loaded_checkpoint(ep: str, progress=None) -> dict:
+    """Export and optimize the loaded checkpoint's UNet for ``ep``; returns the artefact's manifest."""
+    return export_loaded(UnetExport, ep, progress)

@@ -19,6 +19,7 @@ words that paste back cleanly; the reason and what to do go to the console (once
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 
 import torch
@@ -26,11 +27,11 @@ import torch
 from modules import sd_unet, shared
 
 from ..errors import OrtTurboError, UnsupportedInput
-from ..recipes import vae_precision
-from ..vae import GuardedDecoder, OrtVae
 from ..optimize import optimize_export
 from ..parts.vae import VAE, export_vae
 from ..pipeline import find_vae_artefact
+from ..recipes import vae_precision
+from ..vae import GuardedDecoder, OrtVae
 from . import service, settings
 from .job import comment_under_image, run_on_close
 
@@ -80,74 +81,48 @@ def wanted_precision(ep: str) -> str:
 
 # -- export ------------------------------------------------------------------------------------------
 
-def export_loaded_vae(ep: str, *, precision: str | None = None, fp32_fallback: bool = True, progress=None) -> dict:
-    """Export and optimize the loaded VAE for ``ep``; returns the artefact's manifest.
+class VaeExport(service.PartExport):
+    """The loaded VAE, in the precision the "fp16 VAE" setting asks for and, for an fp16 VAE with
+    ``fp32_fallback``, in fp32 too, so the NaN guard decodes again on ONNX Runtime. Its raw export is
+    made in a scratch folder and dropped (a VAE traces in seconds)."""
 
-    ``precision`` defaults to what the "fp16 VAE" setting asks for. With an fp16 VAE and
-    ``fp32_fallback``, an fp32 artefact is made too, so the NaN guard decodes again on ONNX Runtime.
-    The WebUI's queue lock is held only while the VAE is traced (seconds).
-    """
-    report = progress or (lambda fraction, message: None)
-    if ep not in settings.PROVIDERS.values():
-        raise OrtTurboError(f"unknown provider {ep!r}; choose one of {', '.join(settings.PROVIDERS.values())}")
-    sd_model = service.loaded_model()
-    service.check_runtime(ep)
-    precision = precision or wanted_precision(ep)
-    checkpoint = service.checkpoint_record(sd_model.sd_checkpoint_info)
-    record = vae_record(sd_model)
-    with service.one_export(f"the VAE {record['name']} for {ep}"):
-        return _export_vae(sd_model, checkpoint, record, ep, precision, fp32_fallback, report)
+    trace_share = 0.1
 
+    def __init__(self, sd_model, ep: str, precision: str | None = None, fp32_fallback: bool = True):
+        super().__init__(sd_model, ep)
+        self.record = vae_record(sd_model)
+        self.precision = precision or wanted_precision(ep)
+        self.fp32_fallback = fp32_fallback
+        self.scratch = None
 
-def _export_vae(sd_model, checkpoint: dict, record: dict, ep: str, precision: str, fp32_fallback: bool,
-                report) -> dict:
-    from modules import call_queue
+    def what(self):
+        return f"the VAE {self.record['name']} for {self.ep}"
 
-    reg = service.registry()
-    service.log(f"exporting the VAE ({record['name']}) for {ep} in {precision}")
-    scratch = reg.new_work_folder("export-vae")
-    try:
-        with call_queue.queue_lock:  # no generation may decode while the VAE is on the CPU in fp32
-            export_vae(sd_model.first_stage_model, scratch / "export", progress=lambda f, m: report(0.1 * f, m))
-        precisions = [precision] + (["fp32"] if precision != "fp32" and fp32_fallback else [])
+    def trace(self, reg, progress):
+        service.log(f"exporting the VAE ({self.record['name']}) for {self.ep} in {self.precision}")
+        self.scratch = reg.new_work_folder("export-vae")
+        export_vae(self.sd_model.first_stage_model, self.scratch / "export",
+                   progress=lambda f, m: progress(self.trace_share * f, m))
+
+    def optimize(self, reg, tools, progress):
+        precisions = [self.precision] + (["fp32"] if self.precision != "fp32" and self.fp32_fallback else [])
         artefact = None
+        share = (1 - self.trace_share) / len(precisions)
         for i, prec in enumerate(precisions):
-            share = 0.9 / len(precisions)
-            made = optimize_export(scratch / "export", ep, reg, checkpoint=checkpoint, model=VAE, precision=prec,
-                                   vae=record, toolchain=service.toolchain(),
-                                   progress=lambda f, m, i=i, share=share: report(0.1 + share * (i + f), m))
+            made = optimize_export(self.scratch / "export", self.ep, reg, checkpoint=self.checkpoint, model=VAE,
+                                   precision=prec, vae=self.record, toolchain=tools,
+                                   progress=lambda f, m, i=i: progress(self.trace_share + share * (i + f), m))
             artefact = artefact or made
-    finally:
-        import shutil
+        return artefact
 
-        shutil.rmtree(scratch, ignore_errors=True)
-        service.artefacts_changed()
-    service.log(f"VAE ready: {artefact.id}")
-    report(1.0, f"VAE ready: {artefact.id}")
-    return artefact.manifest
+    def clean(self):
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def add_routes(app) -> None:
-    """``POST /ort-turbo/v1/export-vae`` ``{"provider": "Automatic" | "CUDA" | "cuda" | ...}``."""
-    from fastapi import Body, HTTPException
-
-    from .api import http_status
-
-    def export(body: dict = Body(...)):
-        choice = (body or {}).get("provider", "Automatic")
-        if choice in settings.PROVIDER_CHOICES:
-            ep = settings.resolve_provider(choice)
-        elif choice in settings.PROVIDERS.values():
-            ep = choice
-        else:
-            raise HTTPException(400, f"unknown provider {choice!r}; use one of "
-                                     f"{', '.join([*settings.PROVIDERS.values(), *settings.PROVIDER_CHOICES])}")
-        try:
-            return export_loaded_vae(ep, precision=(body or {}).get("precision"))
-        except (OrtTurboError, ValueError) as exc:
-            raise HTTPException(http_status(exc), str(exc)) from exc
-
-    app.add_api_route("/ort-turbo/v1/export-vae", export, methods=["POST"])
+def export_loaded_vae(ep: str, *, precision: str | None = None, fp32_fallback: bool = True, progress=None) -> dict:
+    """Export and optimize the loaded VAE for ``ep`` (see ``VaeExport``); returns the artefact's manifest."""
+    return service.export_loaded(lambda sd_model, ep: VaeExport(sd_model, ep, precision, fp32_fallback), ep, progress)
 
 
 # -- the job -----------------------------------------------------------------------------------------

@@ -342,14 +342,14 @@ def test_leftovers_of_a_killed_export_are_ignored_then_swept(client, exported, m
 
 def test_two_exports_at_once_the_second_is_refused(client, exported, monkeypatch):
     started, release = threading.Event(), threading.Event()
-    real = service._export_checkpoint
+    real = service._export
 
     def slow(*args, **kwargs):
         started.set()
         assert release.wait(60)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(service, "_export_checkpoint", slow)
+    monkeypatch.setattr(service, "_export", slow)
     first = {}
     worker = threading.Thread(target=lambda: first.update(r=client.post("/ort-turbo/v1/export",
                                                                          json={"provider": "cpu"})))
