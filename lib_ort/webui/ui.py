@@ -54,31 +54,29 @@ def _status_markdown() -> str:
     return "Execution providers in this install:\n" + "\n".join(lines)
 
 
-def export_clicked(provider_label: str, progress=gr.Progress()):
+def _exported(export, provider_label: str, progress, message) -> tuple:
+    """Run ``export(ep, progress=...)`` for the chosen provider; the message, the table and the choices."""
     ep = settings.resolve_provider(provider_label)
     try:
-        manifest = service.export_loaded_checkpoint(ep, progress=lambda f, m: progress(f, desc=m))
+        manifest = export(ep, progress=lambda f, m: progress(f, desc=m))
     except (OrtTurboError, ValueError) as exc:
         raise gr.Error(str(exc)) from exc
     rows, ids = _table()
-    message = (f"Exported **{manifest['checkpoint']['name']}** for **{manifest['ep']}** "
-               f"({manifest['precision']}) as `{manifest['id']}`. Select **{'ORT Turbo'}** as the SD Unet.")
-    return message, rows, gr.update(choices=ids)
+    return message(manifest), rows, gr.update(choices=ids)
+
+
+def export_clicked(provider_label: str, progress=gr.Progress()):
+    return _exported(service.export_loaded_checkpoint, provider_label, progress, lambda m: (
+        f"Exported **{m['checkpoint']['name']}** for **{m['ep']}** ({m['precision']}) as `{m['id']}`. "
+        f"Select **ORT Turbo** as the SD Unet."))
 
 
 def export_vae_clicked(provider_label: str, progress=gr.Progress()):
     from . import vae as ort_vae
 
-    ep = settings.resolve_provider(provider_label)
-    try:
-        manifest = ort_vae.export_loaded_vae(ep, progress=lambda f, m: progress(f, desc=m))
-    except (OrtTurboError, ValueError) as exc:
-        raise gr.Error(str(exc)) from exc
-    finally:
-        service.artefacts_changed()
-    rows, ids = _table()
-    return (f"Exported the VAE for **{manifest['ep']}** ({manifest['precision']}) as `{manifest['id']}`; it runs "
-            "while ORT Turbo is the SD Unet and *VAE on ONNX Runtime* is on."), rows, gr.update(choices=ids)
+    return _exported(ort_vae.export_loaded_vae, provider_label, progress, lambda m: (
+        f"Exported the VAE for **{m['ep']}** ({m['precision']}) as `{m['id']}`; it runs while ORT Turbo is the "
+        "SD Unet and *VAE on ONNX Runtime* is on."))
 
 
 def refresh_clicked():
