@@ -125,6 +125,10 @@ class Job:
         self.sd_model = None
         self.warned = False
         self.unwrap_close = None
+        #: the VAE's decode/encode through ORT for this job (``lib_ort.webui.vae.VaeRoute``), or why not
+        self.vae_route = None
+        self.vae_unavailable: str | None = None
+        self.vae_failed = False  # ``vae_unavailable`` is an error, not just "no export"
 
     def ran_on_ort(self, artefact) -> None:
         self.ort_calls += 1
@@ -145,6 +149,12 @@ class Job:
         return None
 
     def restore(self) -> None:
+        """Put back everything this job changed (idempotent): on ``p.close`` (finish, failure,
+        interruption), at the next job's start and when the extension is unloaded."""
+        if self.vae_route is not None:
+            self.vae_route.restore()
+            self.vae_route = None
+        self.vae_unavailable, self.vae_failed = None, False
         if self.options is not None:
             self.options.restore()
             self.options = None
@@ -166,7 +176,7 @@ def start_job(p, cfg_free: bool) -> Job:
     job = _job[0] = Job()
     job.sd_model = shared.sd_model
     # first: the WebUI reports a raising hook and goes on, so whatever is set below must still be undone
-    _restore_on_close(p, job)
+    job.unwrap_close = run_on_close(p, job.restore)
     values = {}
     if cfg_free and bool(getattr(shared.opts, settings.CFG_FREE, True)) and p.cfg_scale <= 1:
         values["skip_early_cond"] = 1.0
@@ -185,10 +195,6 @@ def start_job(p, cfg_free: bool) -> Job:
         service.log(note)
         comment_under_image(p, f"ORT Turbo: {note}")
     return job
-
-
-def _restore_on_close(p, job: Job) -> None:
-    job.unwrap_close = run_on_close(p, job.restore)
 
 
 def run_on_close(p, undo):

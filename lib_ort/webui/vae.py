@@ -33,7 +33,7 @@ from ..pipeline import find_vae_artefact
 from ..recipes import vae_precision
 from ..vae import GuardedDecoder, OrtVae
 from . import service, settings
-from .job import comment_under_image, run_on_close
+from .job import comment_under_image, current_job
 
 INFOTEXT_KEY = "ORT Turbo VAE"
 _MISSING = object()
@@ -275,18 +275,8 @@ class VaeRoute:
         return f"{ran} and PyTorch" if self.torch_calls and self.notes else ran
 
 
-class _Job:
-    route: VaeRoute | None = None
-    unavailable: str | None = None
-    failed = False  # ``unavailable`` is an error, not just "no export"
-    unwrap_close = None
-
-
-_job = _Job()
-
-
 def current_route() -> VaeRoute | None:
-    return _job.route
+    return current_job().vae_route
 
 
 def _find(sd_model) -> tuple[OrtVae | None, OrtVae | None, dict, str | None]:
@@ -308,8 +298,10 @@ def _find(sd_model) -> tuple[OrtVae | None, OrtVae | None, dict, str | None]:
 
 
 def before_job(p) -> None:
-    """From the script's ``process`` hook (before img2img's encode and before the UNet is applied)."""
+    """From the script's ``process`` hook (before img2img's encode and before the UNet is applied). The
+    route belongs to the job (``job.Job``), which puts the WebUI's decode/encode back when it ends."""
     finish_job()  # a job that never finished
+    state = current_job()
     sd_model = shared.sd_model
     if sd_model is None or getattr(sd_model, "first_stage_model", None) is None:
         return
@@ -319,18 +311,17 @@ def before_job(p) -> None:
         fast, fp32, record, why = _find(sd_model)
     except OrtTurboError as exc:  # a broken artefact or no runtime is worth a line in the console
         fast, why = None, str(exc)
-        _job.failed = True
+        state.vae_failed = True
     except Exception as exc:  # whatever else: the PyTorch VAE decodes, the reason is shown
         fast, why = None, f"ORT Turbo could not set up the VAE ({type(exc).__name__}: {exc})"
-        _job.failed = True
+        state.vae_failed = True
     if fast is None:
-        if _job.failed:
+        if state.vae_failed:
             service.log(f"PyTorch VAE used: {why}")
-        _job.unavailable = why
+        state.vae_unavailable = why
         return
-    _job.unwrap_close = run_on_close(p, finish_job)
-    _job.route = VaeRoute(sd_model, fast, fp32, record)
-    _job.route.install()
+    state.vae_route = VaeRoute(sd_model, fast, fp32, record)
+    state.vae_route.install()
 
 
 _advised: set[str] = set()  # advice already printed in the console this session
@@ -338,15 +329,17 @@ _advised: set[str] = set()  # advice already printed in the console this session
 
 def after_batch(p) -> None:
     """From ``postprocess_batch``: what decoded this batch for the infotext; why, under the image."""
-    route = _job.route
+    state = current_job()
+    route = state.vae_route
     text = route.infotext() if route is not None else None
     notes = list(route.notes) if route is not None else []
-    if route is None and _job.unavailable and _ours_selected():
-        text = "PyTorch (fallback)" if _job.failed else "PyTorch (no export)"
-        notes = [f"PyTorch VAE used: {_job.unavailable}" if _job.failed else _job.unavailable]
-        if not _job.failed and _job.unavailable not in _advised:  # a failure was logged when the job started
-            _advised.add(_job.unavailable)
-            service.log(f"PyTorch VAE used: {_job.unavailable}")
+    why, failed = state.vae_unavailable, state.vae_failed
+    if route is None and why and _ours_selected():
+        text = "PyTorch (fallback)" if failed else "PyTorch (no export)"
+        notes = [f"PyTorch VAE used: {why}" if failed else why]
+        if not failed and why not in _advised:  # a failure was logged when the job started
+            _advised.add(why)
+            service.log(f"PyTorch VAE used: {why}")
     if text:
         p.extra_generation_params[INFOTEXT_KEY] = text
     for note in notes:
@@ -354,19 +347,17 @@ def after_batch(p) -> None:
 
 
 def finish_job() -> None:
-    if _job.route is not None:
-        _job.route.restore()
-    _job.route = None
-    _job.unavailable = None
-    _job.failed = False
+    """The WebUI's own decode/encode again (the job's other changes stay until ``job.finish_job``)."""
+    state = current_job()
+    if state.vae_route is not None:
+        state.vae_route.restore()
+    state.vae_route, state.vae_unavailable, state.vae_failed = None, None, False
 
 
 def unload() -> None:
-    """The extension is unloaded or disabled: the WebUI's own decode/encode and ``p.close`` again, no sessions."""
+    """The extension is unloaded or disabled: the WebUI's own decode/encode again, no sessions (``p.close``
+    is the job's: ``job.unload`` puts it back)."""
     finish_job()
-    if _job.unwrap_close is not None:
-        _job.unwrap_close()
-        _job.unwrap_close = None
     forget_sessions()
 
 
