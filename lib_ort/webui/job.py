@@ -57,9 +57,6 @@ class VaeScope:
     the session.
     """
 
-    reverted_by_webui = False
-    reverted_to = torch.float32
-
     def __init__(self):
         self.previous = None
         self.applied = None
@@ -70,8 +67,8 @@ class VaeScope:
         flags = shared.cmd_opts
         if want_fp16 and (getattr(flags, "no_half", False) or getattr(flags, "no_half_vae", False)):
             return torch.float32
-        if want_fp16 and VaeScope.reverted_by_webui:
-            return VaeScope.reverted_to
+        if want_fp16 and service.state.vae_reverted_to is not None:
+            return service.state.vae_reverted_to
         return torch.float16 if want_fp16 else torch.float32
 
     def apply(self, sd_model) -> list[str]:
@@ -91,8 +88,7 @@ class VaeScope:
         if self.wanted is None:
             return
         if self.wanted == torch.float16 and devices.dtype_vae != torch.float16:
-            VaeScope.reverted_by_webui = True  # the NaN auto-revert ran: keep its VAE dtype
-            VaeScope.reverted_to = devices.dtype_vae
+            service.state.vae_reverted_to = devices.dtype_vae  # the NaN auto-revert ran: keep its VAE dtype
             name = str(devices.dtype_vae).replace("torch.", "")
             service.log(f"the WebUI reverted the VAE to {name} after NaNs; ORT Turbo keeps it so this session")
         elif self.applied is not None:
@@ -163,17 +159,16 @@ class Job:
             self.vae = None
 
 
-_job = [Job()]
-
-
 def current_job() -> Job:
-    return _job[0]
+    if service.state.job is None:
+        service.state.job = Job()
+    return service.state.job
 
 
 def start_job(p, cfg_free: bool) -> Job:
     """Called from ``before_process``: undo a job that never finished, then set this one up."""
-    _job[0].restore()
-    job = _job[0] = Job()
+    current_job().restore()
+    job = service.state.job = Job()
     job.sd_model = shared.sd_model
     # first: the WebUI reports a raising hook and goes on, so whatever is set below must still be undone
     job.unwrap_close = run_on_close(p, job.restore)

@@ -26,9 +26,24 @@ from ..registry import Registry
 from . import settings
 
 LOG_PREFIX = "[ORT Turbo]"
-_generation = [0]  # bumped whenever artefacts change, so an active UNet looks its artefact up again
 _export_lock = threading.Lock()
-_export_running = [""]  # what the running export makes, for the refusal of a second one
+
+
+class WebuiState:
+    """What ORT Turbo keeps in the running WebUI between calls, in one place (the instance ``state``)."""
+
+    def __init__(self):
+        #: bumped whenever artefacts change, so an active UNet looks its artefact up again
+        self.generation = 0
+        #: what the running export makes, for the refusal of a second one ("" when none runs)
+        self.export_running = ""
+        #: the current generation's ``job.Job`` (None before the first)
+        self.job = None
+        #: the dtype the WebUI's NaN auto-revert moved the VAE to in this session (None: it has not run)
+        self.vae_reverted_to = None
+
+
+state = WebuiState()
 
 
 def log(message: str) -> None:
@@ -36,11 +51,11 @@ def log(message: str) -> None:
 
 
 def registry_generation() -> int:
-    return _generation[0]
+    return state.generation
 
 
 def artefacts_changed() -> None:
-    _generation[0] += 1
+    state.generation += 1
 
 
 def registry() -> Registry:
@@ -141,8 +156,8 @@ def one_export(what: str):
     removed on the way out by the code that wrote them.
     """
     if not _export_lock.acquire(blocking=False):
-        raise ExportBusy(_export_running[0] or "another export")
-    _export_running[0] = what
+        raise ExportBusy(state.export_running or "another export")
+    state.export_running = what
     try:
         try:
             registry().sweep()  # what an export killed more than a day ago left behind
@@ -155,7 +170,7 @@ def one_export(what: str):
                            f"Free space where exports live ({registry().root}) and export again.") from exc
         raise
     finally:
-        _export_running[0] = ""
+        state.export_running = ""
         _export_lock.release()
 
 

@@ -123,10 +123,9 @@ def fresh_webui(extension, sd2_model):
     shared.sd_model = sd2_model
     sd2_model.first_stage_model.to(devices.dtype_vae)
     sd2_model.rows_per_call.clear()
-    from lib_ort.webui.job import VaeScope
+    from lib_ort.webui import service
 
-    VaeScope.reverted_by_webui = False
-    VaeScope.reverted_to = torch.float32
+    service.state.vae_reverted_to = None
     sd_unet.list_unets()
     sd_unet.apply_unet("None")
     yield shared
