@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from lib_ort.cli import main
-from lib_ort.vae_architectures import build_vae
+from lib_ort.bench.vae_architectures import build_vae
 from test_profile import _conv_flops_by_hooks
-from lib_ort.report import markdown_table
+from lib_ort.bench.report import markdown_table
 
 
 def test_unet_matrix_writes_json_table_and_chart(shared_registry, tmp_path, capsys):
@@ -155,7 +155,7 @@ def test_vae_bench_refuses_sizes_the_vae_cannot_decode(shared_registry, capsys):
 
 
 def test_configurations_are_timed_interleaved_in_a_rotating_order():
-    from lib_ort.bench import time_interleaved
+    from lib_ort.bench.timing import time_interleaved
 
     calls = []
     timings = time_interleaved({name: (lambda name=name: calls.append(name)) for name in "abc"}, runs=3, warmup=1)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from conftest import TINY, tiny_model
-from lib_ort.architectures import example_inputs
+from lib_ort.bench.architectures import example_inputs
 from lib_ort.errors import OrtTurboError
 from lib_ort.graph import initializer_types, op_counts
 from lib_ort.recipes import RECIPES, get_recipe, olive_config
