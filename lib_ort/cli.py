@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 from .errors import OrtTurboError
-from .providers import KEYS as PROVIDER_KEYS
+from .providers import KEYS as PROVIDER_KEYS, PROVIDERS
 
 DEFAULT_ROOT_ENV = "ORT_TURBO_HOME"
+#: what --ep takes: a provider's key, with the label the WebUI shows for it
+EP_HELP = "execution provider: " + ", ".join(f"{p.key} ({p.label})" for p in PROVIDERS)
 
 
 def default_root() -> Path:
@@ -142,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="python -m lib_ort", description=__doc__)
     parser.add_argument("--root", type=Path, default=None,
-                        help=f"artefact folder (default: ${DEFAULT_ROOT_ENV} or ./artefacts)")
+                        help=f"the registry: artefacts and the raw exports they are made from (default: ${DEFAULT_ROOT_ENV} or ./artefacts)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_args(p, required=True):
@@ -156,9 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("optimize", help="export if needed, then optimize with Olive for one provider")
+    p = sub.add_parser("optimize", help="export if needed, then optimize it with Olive into an artefact for one provider")
     model_args(p)
-    p.add_argument("--ep", choices=PROVIDER_KEYS, required=True)
+    p.add_argument("--ep", choices=PROVIDER_KEYS, required=True, help=EP_HELP)
     p.add_argument("--python", help="interpreter of the Olive toolchain (default: this one)")
     p.add_argument("--force", action="store_true", help="optimize again even if a valid artefact exists")
     p.set_defaults(func=cmd_optimize)
@@ -172,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time one UNet call, PyTorch eager vs ONNX Runtime")
     p.add_argument("--arch", choices=list(ARCHITECTURES), default="sd-turbo")
-    p.add_argument("--ep", choices=PROVIDER_KEYS, default="cpu")
+    p.add_argument("--ep", choices=PROVIDER_KEYS, default="cpu", help=EP_HELP)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--height", type=int, default=None, help="image height in px (default: the arch's)")
     p.add_argument("--width", type=int, default=None)

@@ -115,7 +115,7 @@ def check_runtime(ep: str) -> None:
     require_provider(ep)
     have = import_onnxruntime().__version__
     if not version_at_least(have, provider(ep).min_ort):
-        raise RuntimeUnavailable(f"the {ep} export needs ONNX Runtime {provider(ep).min_ort} or newer in the WebUI; "
+        raise RuntimeUnavailable(f"a {provider(ep).label} artefact needs ONNX Runtime {provider(ep).min_ort} or newer in the WebUI; "
                                  f"it has {have}. Update onnxruntime, then export.")
     if ep in ("cuda", "tensorrt"):
         import torch
