@@ -182,9 +182,9 @@ def test_recipes_are_data_and_olive_config_carries_them(tmp_path):
         assert cfg["passes"] == recipe["passes"]
         for p in cfg["passes"].values():
             assert p["save_as_external_data"] and p["all_tensors_to_one_file"]
-    assert get_recipe("cuda")["passes"]["optimize"]["float16"] is True
-    assert get_recipe("cpu")["passes"]["optimize"]["optimization_options"]["enable_group_norm"] is False
-    get_recipe("cpu")["passes"]["optimize"]["float16"] = True  # a copy: the table itself is unchanged
-    assert RECIPES["cpu"]["passes"]["optimize"]["float16"] is False
+    # what each recipe's passes do is checked above on the graphs they build (fused ops, dtypes)
+    changed = get_recipe("cpu")
+    changed["passes"]["optimize"]["float16"] = not changed["passes"]["optimize"]["float16"]
+    assert get_recipe("cpu") != changed  # a copy: the table itself is unchanged
     with pytest.raises(ValueError, match="unknown execution provider"):
         get_recipe("rocm")

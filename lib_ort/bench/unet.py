@@ -84,7 +84,7 @@ def run_bench(arch: str, ep: str = "cpu", *, batch: int = 1, height: int | None 
 # -- the blog's (batch, steps) matrix ------------------------------------------------------------------
 
 
-def _matrix_rows(config: str, batch: int, steps_list, timing: dict, extra: dict) -> list[dict]:
+def matrix_rows(config: str, batch: int, steps_list, timing: dict, extra: dict) -> list[dict]:
     """UNet-only figures for each step count: per-image time and images/s from the per-call timing."""
     rows = []
     for steps in steps_list:
@@ -162,7 +162,7 @@ def run_matrix(arch: str, ep: str = "cpu", *, batches=(1, 4), steps=(1, 4), heig
             report(0.5, f"batch {batch}: {', '.join(fns)}, interleaved")
             timings = time_interleaved(fns, runs, warmup)
             for config in fns:
-                rows += _matrix_rows(config, batch, steps, timings[config], extras[config])
+                rows += matrix_rows(config, batch, steps, timings[config], extras[config])
     del ort_unet, session, compiled
     gc.collect()
     meta = {"arch": arch, "ep": ep, "height": height, "width": width, "sequence": seq, "runs": runs,

@@ -32,7 +32,7 @@ def _timing(t: dict) -> dict:
     return {"median_ms": round(t["median_ms"], 1), "spread_ms": [round(t["min_ms"], 1), round(t["max_ms"], 1)]}
 
 
-def _add_speedups(configs: dict) -> float:
+def add_speedups(configs: dict) -> float:
     """Each configuration's speed-up over the first (PyTorch); returns the first's median."""
     base = next(iter(configs.values()))["median_ms"]
     for c in configs.values():
@@ -81,7 +81,7 @@ def run_vae_bench(vae_name: str = "sd-ldm", ep: str = "cpu", *, batch: int = 1, 
     del decoders, session
     gc.collect()
     tmp.cleanup()
-    base = _add_speedups(configs)
+    base = add_speedups(configs)
     extra = {}
     if encode:
         report(0.85, f"encoder: PyTorch and ORT {ep} VAE recipe")
@@ -95,7 +95,7 @@ def run_vae_bench(vae_name: str = "sd-ldm", ep: str = "cpu", *, batch: int = 1, 
         encoded = {name: {**_timing(timings[name]),
                           "rel_err": float((m - torch_moments).abs().max() / torch_moments.abs().max())}
                    for name, m in moments.items()}
-        _add_speedups(encoded)
+        add_speedups(encoded)
         extra["encode"] = encoded
     if profile:
         from .profile import profile_ort, sgemm_rates
