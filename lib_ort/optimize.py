@@ -29,7 +29,6 @@ from .registry import Artefact, Registry
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Toolchain:
     """Where the optimization child runs: an interpreter and extra environment variables."""

@@ -126,6 +126,7 @@ RECIPES: dict[str, dict] = {
     },
 }
 
+
 def get_recipe(ep: str) -> dict:
     provider(ep)  # a ValueError for an unknown key
     return copy.deepcopy(RECIPES[ep])

@@ -59,6 +59,7 @@ UNMET_ON_PURPOSE = "protobuf"
 #: Opt-in to replacing an installed ONNX Runtime variant that cannot serve the chosen provider.
 REPLACE_ENV = "ORT_TURBO_REPLACE_ORT"
 
+
 def normalize(name: str) -> str:
     """PEP 503 name: ``Onnxruntime_GPU`` and ``onnxruntime-gpu`` are one distribution."""
     return re.sub(r"[-_.]+", "-", name).lower()

@@ -24,7 +24,6 @@ interpreter starts and finds the packages. Anything else is half-made or stale a
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re

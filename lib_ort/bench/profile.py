@@ -221,11 +221,11 @@ def run_profile(arch: str, ep: str = "cpu", *, batch: int = 1, height: int | Non
                 seq: int = 77, runs: int = 2, warmup: int = 1, root=None, seed: int = 0, toolchain=None,
                 out_dir=None, progress=None) -> dict:
     """Profile eager, the unfused export and the provider's recipe on one input; see the module docstring."""
-    from .architectures import ARCHITECTURES, build_unet, example_inputs
     from ..describe import state_dict_digest
     from ..optimize import Toolchain
     from ..pipeline import prepare
     from ..registry import Registry
+    from .architectures import ARCHITECTURES, build_unet, example_inputs
 
     if ep != "cpu":
         raise ValueError("the profile runs on the CPU provider only (ORT's profiler times GPU kernels differently)")
