@@ -53,8 +53,3 @@ def test_vae_bench_times_torch_raw_export_and_recipe_on_the_same_latents(shared_
 def test_vae_bench_refuses_sizes_the_vae_cannot_decode(shared_registry, capsys):
     assert main(["--root", str(shared_registry.root), "bench-vae", "--vae", "tiny-ldm", "--height", "50"]) == 1
     assert "multiples of 8" in capsys.readouterr().err
-
-
-def test_vae_bench_refuses_sizes_the_vae_cannot_decode(shared_registry, capsys):
-    assert main(["--root", str(shared_registry.root), "bench-vae", "--vae", "tiny-ldm", "--height", "50"]) == 1
-    assert "multiples of 8" in capsys.readouterr().err
