@@ -118,7 +118,8 @@ def _trace_inputs(description: UnetDescription) -> tuple[torch.Tensor, ...]:
     return tuple(args)
 
 
-def _onnx_available() -> bool:
+def onnx_available() -> bool:
+    """Whether the ``onnx`` package imports here (the WebUI's environment has none; the toolchain's has)."""
     import importlib.util
 
     return importlib.util.find_spec("onnx") is not None
@@ -132,7 +133,7 @@ _ONNXSCRIPT_FN_MODULES = (
 
 
 @contextlib.contextmanager
-def _without_onnx_package():
+def without_onnx_package():
     """Let the TorchScript exporter run where the ``onnx`` package cannot be installed.
 
     The WebUI pins protobuf 3.20.0, which no current ``onnx`` accepts. The exporter only needs
@@ -141,7 +142,7 @@ def _without_onnx_package():
     """
     import importlib
 
-    if _onnx_available():
+    if onnx_available():
         yield
         return
     patched = []
@@ -186,7 +187,7 @@ def export_unet(model: nn.Module, out_dir: str | os.PathLike, *, opset: int = DE
     start = time.perf_counter()
     with staged_folder(out_dir, f"the {description.label} UNet") as work:
         report(0.05, f"tracing the {description.label} UNet ({description.parameters / 1e6:.0f} M parameters)")
-        with on_cpu_in_fp32(model), sdpa_attention(model), _without_onnx_package(), torch.no_grad():
+        with on_cpu_in_fp32(model), sdpa_attention(model), without_onnx_package(), torch.no_grad():
             wrapper = _OnnxSignature(model, takes_y).eval()
             import warnings
 
@@ -198,7 +199,7 @@ def export_unet(model: nn.Module, out_dir: str | os.PathLike, *, opset: int = DE
                     opset_version=opset, do_constant_folding=True, export_params=True,
                 )
             del wrapper
-        consolidated = consolidate if consolidate is not None else _onnx_available()
+        consolidated = consolidate if consolidate is not None else onnx_available()
         if consolidated:
             report(0.8, "writing the weights into one file")
             consolidate_external_data(work / MODEL_FILE, WEIGHTS_FILE)

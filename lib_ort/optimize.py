@@ -22,13 +22,11 @@ from pathlib import Path
 from . import __version__
 from .errors import OptimizationError
 from .export import MODEL_FILE, WEIGHTS_FILE, load_export_info
+from .providers import provider
 from .recipes import OLIVE_VERSION, get_recipe, olive_config
 from .registry import Artefact, Registry
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-#: ONNX Runtime needed at run time by the ops each recipe emits (SkipGroupNorm came in 1.17).
-MIN_RUNTIME_ORT = {"cuda": "1.17.0", "dml": "1.17.0", "tensorrt": "1.16.0", "cpu": "1.16.0"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +148,7 @@ def optimize_export(export_folder: str | os.PathLike, ep: str, registry: Registr
             "fp32_nodes": result.get("fp32_nodes", []),
             # Memcpy nodes in the graph ORT optimized for the provider (None: the toolchain's ORT lacks it)
             "placement": result.get("placement"),
-            "min_runtime_ort": MIN_RUNTIME_ORT[ep],
+            "min_runtime_ort": provider(ep).min_ort,
             "versions": {"torch": info["torch"], "olive_expected": OLIVE_VERSION, "ort_turbo": __version__,
                          **result["versions"]},
             "timings": {"export_s": info.get("export_s"), "optimize_s": round(time.perf_counter() - start, 2)},

@@ -13,9 +13,7 @@ from torch import nn
 
 from .export import DEFAULT_OPSET, export_unet, load_export_info
 from .optimize import Toolchain, optimize_export
-from .registry import Artefact, Registry
-
-EXPORTS = "exports"
+from .registry import EXPORTS, Artefact, Registry
 
 
 def export_folder(registry: Registry, checkpoint_hash: str, opset: int = DEFAULT_OPSET) -> Path:

@@ -75,9 +75,6 @@ class OrtVae:
     def id(self) -> str:
         return self.artefact.id
 
-    def has(self, part: str) -> bool:
-        return part in self.artefact.manifest["parts"]
-
     def _part(self, part: str):
         """(session, runner or None, input dtype, output dtype, output name), created on first use."""
         with self._lock:

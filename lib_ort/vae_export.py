@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from .errors import ExportError
-from .export import (DEFAULT_OPSET, MODEL_FILE, WEIGHTS_FILE, _onnx_available, _without_onnx_package,
-                     on_cpu_in_fp32, staged_folder)
+from .export import (DEFAULT_OPSET, MODEL_FILE, WEIGHTS_FILE, on_cpu_in_fp32, onnx_available, staged_folder,
+                     without_onnx_package)
 from .graph import consolidate_external_data
 
 PARTS = ("decoder", "encoder")
@@ -138,12 +138,12 @@ def export_vae(vae: nn.Module, out_dir: str | os.PathLike, *, parts=PARTS, opset
         d = describe_vae(vae)
     except ValueError as exc:
         raise ExportError(str(exc)) from exc
-    consolidate = _onnx_available() if consolidate is None else consolidate
+    consolidate = onnx_available() if consolidate is None else consolidate
     graphs = {"decoder": DecoderGraph, "encoder": EncoderGraph}
     start = time.perf_counter()
     with staged_folder(out_dir, "the VAE") as work:
         infos = {}
-        with on_cpu_in_fp32(vae), _without_onnx_package(), torch.no_grad():
+        with on_cpu_in_fp32(vae), without_onnx_package(), torch.no_grad():
             for i, part in enumerate(parts):
                 report(i / len(parts), f"tracing the VAE {part} ({d.parameters / 1e6:.0f} M parameters in the VAE)")
                 infos[part] = _export_part(graphs[part](vae).eval(), part, d, work / part, opset, consolidate)

@@ -19,7 +19,8 @@ from torch import nn
 
 from . import __version__
 from .export import MODEL_FILE, WEIGHTS_FILE
-from .optimize import MIN_RUNTIME_ORT, Toolchain, run_olive_child
+from .optimize import Toolchain, run_olive_child
+from .providers import provider
 from .recipes import OLIVE_VERSION, get_vae_recipe, olive_config
 from .registry import Artefact, Registry
 from .vae_export import PART_IO, PARTS, export_vae, load_vae_export_info
@@ -86,7 +87,7 @@ def optimize_vae_export(export_dir: str | os.PathLike, ep: str, precision: str, 
             "model_file": files[0],
             "data_files": files[1:],
             "recipe": recipe,
-            "min_runtime_ort": MIN_RUNTIME_ORT.get(ep, "1.16.0"),
+            "min_runtime_ort": provider(ep).min_ort,
             "versions": {"torch": info["torch"], "olive_expected": OLIVE_VERSION, "ort_turbo": __version__, **versions},
             "timings": {"export_s": info.get("export_s"), "optimize_s": round(time.perf_counter() - start, 2)},
         }

@@ -294,7 +294,7 @@ def test_disk_full_while_writing_an_export(client, exported, monkeypatch):
 
 def test_an_export_killed_midway_leaves_nothing_half_made(fresh_webui, tmp_path):
     """A real process, killed while it traces; then the same export in this process works."""
-    from lib_ort.architectures import build_unet
+    from lib_ort.bench.architectures import build_unet
     from lib_ort.registry import Registry
     from lib_ort.pipeline import ensure_export, export_folder
 
@@ -302,7 +302,7 @@ def test_an_export_killed_midway_leaves_nothing_half_made(fresh_webui, tmp_path)
     record = {"hash": "ab" * 32, "name": "killed.safetensors"}
     child = subprocess.Popen([sys.executable, "-c", (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from lib_ort.architectures import build_unet; from lib_ort.registry import Registry;"
+        "from lib_ort.bench.architectures import build_unet; from lib_ort.registry import Registry;"
         "from lib_ort.pipeline import ensure_export;"
         "ensure_export(build_unet('tiny-sd2', seed=0), Registry(sys.argv[2]), {'hash': 'ab' * 32, 'name': 'k'});"
         "print('finished')"), str(REPO), str(reg.root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
