@@ -49,8 +49,20 @@ def _read_provider_status() -> dict[str, str | None]:
         why = ("onnxruntime is not installed (see the console of the last start)" if isinstance(exc, ImportError)
                else f"onnxruntime does not import ({type(exc).__name__}: {exc})")
         return {label: why for label in PROVIDERS}
-    return {label: None if providers.provider(ep).ort_name in available else f"not in this onnxruntime {version}"
-            for label, ep in PROVIDERS.items()}
+    status = {label: None if providers.provider(ep).ort_name in available else f"not in this onnxruntime {version}"
+              for label, ep in PROVIDERS.items()}
+    trt = next(label for label, ep in PROVIDERS.items() if ep == "tensorrt")
+    if status[trt] is None and not _tensorrt_loads():
+        # onnxruntime-gpu lists TensorRT whether or not TensorRT is installed
+        status[trt] = "TensorRT (libnvinfer) is not installed"
+    return status
+
+
+def _tensorrt_loads() -> bool:
+    """Whether TensorRT's core library loads; asked only where this onnxruntime lists TensorRT."""
+    from ..cuda_libraries import tensorrt_library
+
+    return tensorrt_library() is not None
 
 
 def resolve_provider(choice: str, status: dict | None = None) -> str:

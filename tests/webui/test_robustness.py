@@ -518,3 +518,23 @@ def test_export_refused_for_an_old_runtime_or_a_gpu_provider_without_a_gpu(clien
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     gpu = client.post("/ort-turbo/v1/export", json={"provider": "cuda"})
     assert gpu.status_code == 503 and "this WebUI's torch sees none" in gpu.json()["detail"]
+
+
+@pytest.mark.parametrize("loads", [False, True])
+def test_tensorrt_is_offered_only_when_its_libraries_load(monkeypatch, loads):
+    """onnxruntime-gpu lists TensorrtExecutionProvider with no TensorRT installed: the settings say so."""
+    import onnxruntime
+
+    listed = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: listed)
+    monkeypatch.setattr(settings, "_tensorrt_loads", lambda: loads)
+    settings._status_of_this_install.cache_clear()
+    try:
+        status = settings.provider_status()
+        assert status["CUDA"] is None and status["CPU"] is None
+        assert (status["TensorRT"] is None) is loads
+        if not loads:
+            assert "TensorRT (libnvinfer) is not installed" in status["TensorRT"]
+            assert settings.resolve_provider("Automatic", status) == "cuda"
+    finally:
+        settings._status_of_this_install.cache_clear()
