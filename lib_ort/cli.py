@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 from .errors import OrtTurboError
-from .recipes import EXECUTION_PROVIDERS
+from .providers import KEYS as PROVIDER_KEYS, PROVIDERS
 
 DEFAULT_ROOT_ENV = "ORT_TURBO_HOME"
+#: what --ep takes: a provider's key, with the label the WebUI shows for it
+EP_HELP = "execution provider: " + ", ".join(f"{p.key} ({p.label})" for p in PROVIDERS)
 
 
 def default_root() -> Path:
@@ -30,7 +32,7 @@ def _console_progress(fraction: float, message: str, _last={"phase": "", "at": 0
 
 
 def _model_and_checkpoint(args):
-    from .architectures import build_unet
+    from .bench.architectures import build_unet
     from .describe import state_dict_digest
 
     if args.arch:
@@ -94,12 +96,12 @@ def cmd_delete(args) -> dict:
 
 
 def cmd_bench(args) -> dict:
-    from .bench import run_bench, run_matrix
+    from .bench.unet import run_bench, run_matrix
 
     if args.matrix and args.profile:
         raise ValueError("--matrix and --profile are separate runs; pick one")
     if args.profile:
-        from .profile import run_profile
+        from .bench.profile import run_profile
 
         result = run_profile(args.arch, args.ep, batch=args.batch, height=args.height, width=args.width, seq=args.seq,
                              runs=args.runs, warmup=args.warmup, root=args.root, seed=args.seed,
@@ -121,7 +123,7 @@ def cmd_bench(args) -> dict:
 
 
 def cmd_bench_vae(args) -> dict:
-    from .vae_bench import run_vae_bench
+    from .bench.vae import run_vae_bench
 
     return run_vae_bench(args.vae, args.ep, batch=args.batch, height=args.height, width=args.width, runs=args.runs,
                          warmup=args.warmup, root=args.root, seed=args.seed, toolchain=_toolchain(args),
@@ -129,7 +131,7 @@ def cmd_bench_vae(args) -> dict:
 
 
 def cmd_webui_bench(args) -> dict:
-    from .webui_bench import run_webui_bench
+    from .bench.webui import run_webui_bench
 
     result = run_webui_bench(args.url, batches=args.batches, steps=args.steps, width=args.width, height=args.height,
                              seed=args.seed, runs=args.runs, warmup=args.warmup, out_dir=args.out,
@@ -139,12 +141,12 @@ def cmd_webui_bench(args) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .architectures import ARCHITECTURES
-    from .vae_architectures import VAES
+    from .bench.architectures import ARCHITECTURES
+    from .bench.vae_architectures import VAES
 
     parser = argparse.ArgumentParser(prog="python -m lib_ort", description=__doc__)
     parser.add_argument("--root", type=Path, default=None,
-                        help=f"artefact folder (default: ${DEFAULT_ROOT_ENV} or ./artefacts)")
+                        help=f"the registry: artefacts and the raw exports they are made from (default: ${DEFAULT_ROOT_ENV} or ./artefacts)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_args(p, required=True):
@@ -158,9 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("optimize", help="export if needed, then optimize with Olive for one provider")
+    p = sub.add_parser("optimize", help="export if needed, then optimize it with Olive into an artefact for one provider")
     model_args(p)
-    p.add_argument("--ep", choices=EXECUTION_PROVIDERS, required=True)
+    p.add_argument("--ep", choices=PROVIDER_KEYS, required=True, help=EP_HELP)
     p.add_argument("--python", help="interpreter of the Olive toolchain (default: this one)")
     p.add_argument("--force", action="store_true", help="optimize again even if a valid artefact exists")
     p.set_defaults(func=cmd_optimize)
@@ -174,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time one UNet call, PyTorch eager vs ONNX Runtime")
     p.add_argument("--arch", choices=list(ARCHITECTURES), default="sd-turbo")
-    p.add_argument("--ep", choices=EXECUTION_PROVIDERS, default="cpu")
+    p.add_argument("--ep", choices=PROVIDER_KEYS, default="cpu", help=EP_HELP)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--height", type=int, default=None, help="image height in px (default: the arch's)")
     p.add_argument("--width", type=int, default=None)

@@ -48,10 +48,6 @@ class IOSpec:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict) -> "IOSpec":
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
-
 
 @dataclasses.dataclass(frozen=True)
 class UnetDescription:

@@ -28,6 +28,10 @@ class OptimizationError(OrtTurboError):
     """The Olive optimization child process failed or was killed; no artefact was written."""
 
 
+class ToolchainError(OrtTurboError):
+    """The Olive toolchain could not be created or does not work."""
+
+
 class RuntimeUnavailable(OrtTurboError):
     """This Python cannot run an artefact: ONNX Runtime does not import, or lacks the provider asked for.
 

@@ -89,7 +89,8 @@ def staged_folder(out_dir: Path, what: str):
         raise ExportError(f"exporting {what} failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _onnx_available() -> bool:
+def onnx_available() -> bool:
+    """Whether the ``onnx`` package imports here (the WebUI's environment has none; the toolchain's has)."""
     import importlib.util
 
     return importlib.util.find_spec("onnx") is not None
@@ -103,7 +104,7 @@ _ONNXSCRIPT_FN_MODULES = (
 
 
 @contextlib.contextmanager
-def _without_onnx_package():
+def without_onnx_package():
     """Let the TorchScript exporter run where the ``onnx`` package cannot be installed.
 
     The WebUI pins protobuf 3.20.0, which no current ``onnx`` accepts. The exporter only needs
@@ -112,7 +113,7 @@ def _without_onnx_package():
     """
     import importlib
 
-    if _onnx_available():
+    if onnx_available():
         yield
         return
     patched = []
@@ -173,11 +174,11 @@ def export_model(model_kind, model: nn.Module, out_dir: str | os.PathLike, *, pa
     except ValueError as exc:
         raise ExportError(str(exc)) from exc
     label = model_kind.label(description)
-    consolidate = _onnx_available() if consolidate is None else consolidate
+    consolidate = onnx_available() if consolidate is None else consolidate
     start = time.perf_counter()
     with staged_folder(out_dir, label) as work:
         infos = {}
-        with on_cpu_in_fp32(model), model_kind.trace_context(model), _without_onnx_package(), torch.no_grad():
+        with on_cpu_in_fp32(model), model_kind.trace_context(model), without_onnx_package(), torch.no_grad():
             for i, part in enumerate(parts):
                 what = label if len(parts) == 1 else f"{label} {part.name}"
                 report(0.05 + 0.9 * i / len(parts),

@@ -12,11 +12,12 @@ Everything the extension writes lives in two folders, never in the WebUI's site-
 
 The only thing installed into the WebUI's own environment is the ONNX Runtime package that
 install.py chose (and its small dependencies). It is left in place on clean-up, since other
-extensions may import ``onnxruntime`` too; :func:`uninstall_hint` says how to remove it by hand.
+extensions may import ``onnxruntime`` too; the README's Uninstall paragraph says how to remove it by hand.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -24,10 +25,12 @@ import shutil
 import time
 from pathlib import Path
 
-from .errors import OrtTurboError
+from .errors import OrtTurboError, ToolchainError
 
 EXTENSION_ROOT = Path(__file__).resolve().parent.parent
 DATA_ENV = "ORT_TURBO_DATA"
+#: suffix of the lock file beside the toolchain folder while it is built or deleted
+LOCK = ".ort-turbo-building"
 ARTEFACTS_ENV = "ORT_TURBO_HOME"
 #: Written last into a folder we filled; a folder without it is half-made.
 COMPLETE_MARKER = ".ort-turbo-complete.json"
@@ -112,22 +115,41 @@ def usage(layout: Layout | None = None, artefacts_root: str | os.PathLike | None
             "trt_cache": folder_size(layout.trt_cache), "artefacts": folder_size(root)}
 
 
+@contextlib.contextmanager
+def toolchain_lock(folder: Path, *, wait: bool = True, timeout: float = 3600):
+    """One builder (or deleter) at a time; a lock left by a dead process goes stale after ``timeout``."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = folder.parent / f"{folder.name}{LOCK}"
+    start = time.monotonic()
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            break
+        except FileExistsError:
+            try:
+                age = time.time() - lock.stat().st_mtime
+            except OSError:
+                continue
+            if age > timeout:
+                lock.unlink(missing_ok=True)
+                continue
+            if not wait or time.monotonic() - start > timeout:
+                raise ToolchainError(f"the Olive toolchain in {folder} is being built or deleted right now; try again when that is done")
+            time.sleep(1.0)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
 def delete_toolchain(layout: Layout | None = None) -> int:
     """Delete the Olive toolchain; the next export builds it again. Returns the bytes freed."""
-    from .toolchain import toolchain_lock
-
     layout = layout or Layout.default()
     with toolchain_lock(layout.toolchain, wait=False):
         freed = folder_size(layout.toolchain)
         remove_tree(layout.toolchain)
-    return freed
-
-
-def delete_runtime_libs(layout: Layout | None = None) -> int:
-    """Delete side-installed runtime libraries (cuDNN 9); install.py puts them back at the next start."""
-    layout = layout or Layout.default()
-    freed = folder_size(layout.runtime_libs)
-    remove_tree(layout.runtime_libs)
     return freed
 
 
@@ -146,8 +168,7 @@ def delete_artefacts(artefacts_root: str | os.PathLike | None = None, layout: La
     Only entries the registry writes are touched (folders with a manifest, ``exports/`` and the
     registry's hidden temporary folders): a root pointed at the wrong folder loses nothing else.
     """
-    from .pipeline import EXPORTS
-    from .registry import MANIFEST
+    from .registry import EXPORTS, MANIFEST
 
     root = Path(artefacts_root) if artefacts_root else default_artefacts_root()
     freed = delete_trt_cache(layout)
@@ -164,10 +185,3 @@ def delete_artefacts(artefacts_root: str | os.PathLike | None = None, layout: La
         pass
     return freed
 
-
-def uninstall_hint(python: str) -> str:
-    """How to remove everything, including what install.py put into the WebUI's environment."""
-    layout = Layout.default()
-    return (f'Delete {layout.data} and {default_artefacts_root()}, then, if no other extension uses it: '
-            f'"{python}" -m pip uninstall onnxruntime onnxruntime-gpu onnxruntime-directml '
-            f'(pip asks before removing each one that is installed).')

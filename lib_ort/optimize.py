@@ -24,13 +24,11 @@ from .errors import OptimizationError
 from .export import MODEL_FILE, WEIGHTS_FILE
 from .parts.base import Model
 from .parts.unet import UNET
+from .providers import provider
 from .recipes import OLIVE_VERSION, olive_config
 from .registry import Artefact, Registry
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-#: ONNX Runtime needed at run time by the ops each recipe emits (SkipGroupNorm came in 1.17).
-MIN_RUNTIME_ORT = {"cuda": "1.17.0", "dml": "1.17.0", "tensorrt": "1.16.0", "cpu": "1.16.0"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +145,7 @@ def optimize_export(export_folder: str | os.PathLike, ep: str, registry: Registr
             "model_file": files[0],
             "data_files": files[1:],
             "recipe": recipe,
-            "min_runtime_ort": MIN_RUNTIME_ORT[ep],
+            "min_runtime_ort": provider(ep).min_ort,
             "versions": {"torch": info["torch"], "olive_expected": OLIVE_VERSION, "ort_turbo": __version__,
                          **results[parts[-1].name]["versions"]},
             "timings": {"export_s": info.get("export_s"), "optimize_s": round(time.perf_counter() - start, 2)},

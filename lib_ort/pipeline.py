@@ -20,11 +20,9 @@ from .optimize import Toolchain, optimize_export
 from .parts.base import Model
 from .parts.unet import UNET
 from .parts.vae import VAE
-from .registry import Artefact, Registry
+from .registry import EXPORTS, Artefact, Registry
 
 log = logging.getLogger(__name__)
-
-EXPORTS = "exports"
 
 
 def export_folder(registry: Registry, checkpoint_hash: str, opset: int = DEFAULT_OPSET) -> Path:

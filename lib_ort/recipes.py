@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 
 from .export import WEIGHTS_FILE
+from .providers import PROVIDERS, provider
 
 #: The Olive release the recipes are written for (its config schema changes between releases).
 OLIVE_VERSION = "0.13.0"
@@ -62,14 +63,19 @@ _DML_FUSIONS = {
     "enable_bias_add": False,
 }
 
+
+def _identity(ep: str) -> dict:
+    """What a recipe says about its provider, from the provider table (stored with it in the manifest)."""
+    p = provider(ep)
+    return {"provider": p.ort_name, "device": p.device, "precision": p.precision}
+
+
 #: fp16 recipes keep the time embedding (timestep -> Mul -> Sin/Cos) in fp32: after the fp16 pass the
 #: optimization child rebuilds it from the fp32 export and makes the timestep input FLOAT
 #: (``graph.fp32_time_embedding``).
 RECIPES: dict[str, dict] = {
     "cuda": {
-        "provider": "CUDAExecutionProvider",
-        "device": "gpu",
-        "precision": "fp16",
+        **_identity("cuda"),
         "fp32_time_embedding": True,
         "passes": {
             "optimize": {
@@ -84,15 +90,11 @@ RECIPES: dict[str, dict] = {
         },
     },
     "tensorrt": {
-        "provider": "TensorrtExecutionProvider",
-        "device": "gpu",
-        "precision": "fp32",
+        **_identity("tensorrt"),
         "passes": {"clean": {"type": "OnnxPeepholeOptimizer", **_EXTERNAL_DATA}},
     },
     "dml": {
-        "provider": "DmlExecutionProvider",
-        "device": "gpu",
-        "precision": "fp16",
+        **_identity("dml"),
         "passes": {
             "optimize": {
                 "type": "OrtTransformersOptimization",
@@ -109,9 +111,7 @@ RECIPES: dict[str, dict] = {
         },
     },
     "cpu": {
-        "provider": "CPUExecutionProvider",
-        "device": "cpu",
-        "precision": "fp32",
+        **_identity("cpu"),
         "passes": {
             "optimize": {
                 "type": "OrtTransformersOptimization",
@@ -126,14 +126,10 @@ RECIPES: dict[str, dict] = {
     },
 }
 
-EXECUTION_PROVIDERS = tuple(RECIPES)
-
 
 def get_recipe(ep: str) -> dict:
-    try:
-        return copy.deepcopy(RECIPES[ep])
-    except KeyError:
-        raise ValueError(f"unknown execution provider {ep!r}; choose one of: {', '.join(RECIPES)}") from None
+    provider(ep)  # a ValueError for an unknown key
+    return copy.deepcopy(RECIPES[ep])
 
 
 def olive_config(recipe: dict, model_folder: str, model_file: str, output_dir: str, cache_dir: str) -> dict:
@@ -177,8 +173,7 @@ def _vae_pass(unet_recipe: dict, float16: bool) -> dict:
 VAE_RECIPES: dict[tuple[str, str], dict] = {
     (ep, precision): dict(copy.deepcopy({k: v for k, v in RECIPES[ep].items() if k not in ("passes", "fp32_time_embedding")}),
                           precision=precision, model_type="vae", passes=_vae_pass(RECIPES[ep], precision == "fp16"))
-    for ep, precisions in (("cuda", ("fp16", "fp32")), ("dml", ("fp16", "fp32")), ("cpu", ("fp32",)),
-                           ("tensorrt", ("fp32",)))
+    for ep, precisions in ((p.key, p.vae_precisions) for p in PROVIDERS)
     for precision in precisions
 }
 

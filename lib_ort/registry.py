@@ -24,6 +24,8 @@ from pathlib import Path
 from .errors import ArtefactError
 
 MANIFEST = "manifest.json"
+#: the folder under the registry root that holds the raw fp32 exports the artefacts are made from
+EXPORTS = "exports"
 FORMAT_VERSION = 1
 _TMP_PREFIX = ".tmp-"
 _STALE_TMP_S = 24 * 3600
@@ -86,9 +88,6 @@ class Artefact:
     @property
     def checkpoint_hash(self) -> str:
         return self.manifest["checkpoint"]["hash"]
-
-    def size_bytes(self) -> int:
-        return sum(self.manifest["files"].values())
 
 
 @dataclasses.dataclass

@@ -35,8 +35,8 @@ import re
 import sys
 from pathlib import Path
 
-#: Oldest ONNX Runtime that runs every recipe's ops (SkipGroupNorm came in 1.17).
-MIN_ORT = (1, 17)
+from .providers import ONNXRUNTIME_DISTRIBUTIONS, PROVIDERS, served_by
+
 #: First release whose metadata requires protobuf >= 4.25.8 and whose GPU wheels link CUDA 13.
 ORT_PROTOBUF_4_AND_CUDA_13 = (1, 27)
 #: protobuf that ORT >= 1.27 requires.
@@ -59,21 +59,6 @@ UNMET_ON_PURPOSE = "protobuf"
 #: Opt-in to replacing an installed ONNX Runtime variant that cannot serve the chosen provider.
 REPLACE_ENV = "ORT_TURBO_REPLACE_ORT"
 
-#: Distributions that all provide the ``onnxruntime`` module, with the providers each can serve.
-VARIANTS: dict[str, frozenset] = {
-    "onnxruntime": frozenset({"cpu"}),
-    "onnxruntime-gpu": frozenset({"cpu", "cuda", "tensorrt"}),
-    "onnxruntime-directml": frozenset({"cpu", "dml"}),
-    "onnxruntime-openvino": frozenset({"cpu"}),
-    "onnxruntime-rocm": frozenset({"cpu"}),
-    "onnxruntime-qnn": frozenset({"cpu"}),
-    "onnxruntime-training": frozenset({"cpu"}),
-    "onnxruntime-silicon": frozenset({"cpu"}),
-    "ort-nightly": frozenset({"cpu"}),
-    "ort-nightly-gpu": frozenset({"cpu", "cuda", "tensorrt"}),
-    "ort-nightly-directml": frozenset({"cpu", "dml"}),
-}
-
 
 def normalize(name: str) -> str:
     """PEP 503 name: ``Onnxruntime_GPU`` and ``onnxruntime-gpu`` are one distribution."""
@@ -86,6 +71,10 @@ def version_tuple(text: str | None) -> tuple[int, ...]:
         return ()
     release = re.match(r"\s*v?(\d+(?:\.\d+)*)", text)
     return tuple(int(p) for p in release.group(1).split(".")) if release else ()
+
+
+#: Oldest ONNX Runtime that runs every provider's artefacts (SkipGroupNorm came in 1.17).
+MIN_ORT = max(version_tuple(p.min_ort) for p in PROVIDERS)[:2]
 
 
 def _fmt(version: tuple[int, ...]) -> str:
@@ -110,7 +99,7 @@ class Host:
     requires: dict = dataclasses.field(default_factory=dict)  # installed variant -> its Requires-Dist
 
     def variants(self) -> dict[str, str]:
-        return {name: self.installed[name] for name in VARIANTS if name in self.installed}
+        return {name: self.installed[name] for name in ONNXRUNTIME_DISTRIBUTIONS if name in self.installed}
 
     def protobuf_limit(self) -> tuple[int, ...] | None:
         """The protobuf this WebUI keeps (its pin, else the installed one), if older than ORT 1.27 needs."""
@@ -353,7 +342,7 @@ def unmet_requirements(requirements, host: Host) -> tuple[tuple[str, ...], tuple
 
 def _serves(name: str, version: str, choice: Choice, host: Host) -> bool:
     """Whether an installed variant runs the chosen provider's artefacts in this WebUI."""
-    if choice.ep not in VARIANTS.get(name, frozenset()):
+    if choice.ep not in served_by(name):
         return False
     found = version_tuple(version)
     if found[:2] < MIN_ORT:
@@ -486,7 +475,7 @@ def _variant_requires(installed: dict) -> dict[str, tuple[str, ...]]:
     from importlib import metadata
 
     found = {}
-    for name in VARIANTS:
+    for name in ONNXRUNTIME_DISTRIBUTIONS:
         if name in installed:
             try:
                 found[name] = tuple(metadata.requires(name) or ())

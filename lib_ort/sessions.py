@@ -23,13 +23,7 @@ import os
 from pathlib import Path
 
 from .errors import OrtTurboError, RuntimeUnavailable
-
-PROVIDER_NAMES = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "dml": "DmlExecutionProvider",
-}
+from .providers import provider
 
 #: how many CUDA graphs (distinct input shapes) one session keeps in static mode
 DEFAULT_MAX_CUDA_GRAPHS = 8
@@ -203,12 +197,11 @@ def plan_session(ep: str, *, manifest: dict | None = None, device_id: int = 0, s
 
     ``cpu_memory_arena=False`` lets ORT's CPU provider free each buffer after the run instead of keeping
     it in its arena: for graphs whose activations are hundreds of MB (the VAE at 512²) that was measured
-    faster on CPU (decoder 21.8 s against 24.1 s with the arena, alternating A/B, 3 of 3 pairs).
+    faster on CPU (docs/benchmarks.md, "VAE on ONNX Runtime (CPU)").
     ``shrink_arena`` gives the device arena's unused memory back after each run (the VAE: large, rare
     activations that would otherwise stay reserved). ``trt_profiles`` overrides the profiles computed from
     ``manifest``; ``cuda_options`` adds CUDA provider options (the VRAM policy's)."""
-    if ep not in PROVIDER_NAMES:
-        raise ValueError(f"unknown execution provider {ep!r}; choose one of: {', '.join(PROVIDER_NAMES)}")
+    name = {key: provider(key).ort_name for key in (ep, "cpu", "cuda")}  # a ValueError for an unknown ep
     session_options = {"graph_optimization_level": "ORT_ENABLE_ALL", "execution_mode": "ORT_SEQUENTIAL"}
     session_config: dict = {}
     run_config: dict = {}
@@ -220,13 +213,12 @@ def plan_session(ep: str, *, manifest: dict | None = None, device_id: int = 0, s
         session_options["intra_op_num_threads"] = int(intra_op_threads)
         if not cpu_memory_arena:
             session_options["enable_cpu_mem_arena"] = False
-        return SessionPlan(ep, [("CPUExecutionProvider", {})], session_options, session_config, run_config,
+        return SessionPlan(ep, [(name["cpu"], {})], session_options, session_config, run_config,
                            io_binding=False, cuda_graph=False, preload_dlls=False)
     if ep == "dml":
         # DirectML wants no memory pattern and sequential execution
         session_options["enable_mem_pattern"] = False
-        return SessionPlan(ep, [("DmlExecutionProvider", {"device_id": str(device_id)}),
-                                ("CPUExecutionProvider", {})],
+        return SessionPlan(ep, [(name[ep], {"device_id": str(device_id)}), (name["cpu"], {})],
                            session_options, session_config, run_config,
                            io_binding=False, cuda_graph=False, preload_dlls=False)
     order = stream_order(stream)
@@ -237,7 +229,7 @@ def plan_session(ep: str, *, manifest: dict | None = None, device_id: int = 0, s
         run_config["disable_synchronize_execution_providers"] = "1"
     if shrink_arena:
         run_config["memory.enable_memory_arena_shrinkage"] = f"gpu:{device_id}"
-    providers = [("CUDAExecutionProvider", cuda), ("CPUExecutionProvider", {})]
+    providers = [(name["cuda"], cuda), (name["cpu"], {})]
     if ep == "tensorrt":
         cache = str(Path(cache_dir) if cache_dir else default_trt_cache())
         trt = {
@@ -254,7 +246,7 @@ def plan_session(ep: str, *, manifest: dict | None = None, device_id: int = 0, s
         trt.update(trt_profiles or {})
         if order.shared:
             trt["user_compute_stream"] = str(order.handle)
-        providers.insert(0, ("TensorrtExecutionProvider", trt))
+        providers.insert(0, (name[ep], trt))
     return SessionPlan(ep, providers, session_options, session_config, run_config,
                        io_binding=True, cuda_graph=graphs, preload_dlls=True,
                        dll_directories=side_cudnn_directories(), stream=order)
@@ -283,7 +275,7 @@ def require_provider(ep: str) -> None:
     """Raise ``RuntimeUnavailable`` unless the installed ONNX Runtime offers the provider of ``ep``."""
     ort = import_onnxruntime()
 
-    wanted = PROVIDER_NAMES[ep]
+    wanted = provider(ep).ort_name
     available = ort.get_available_providers()
     if wanted not in available:
         raise RuntimeUnavailable(

@@ -24,7 +24,6 @@ interpreter starts and finds the packages. Anything else is half-made or stale a
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -33,8 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import OrtTurboError
-from .install_layout import Layout, read_marker, remove_tree, write_marker
+from .errors import ToolchainError
+from .install_layout import Layout, read_marker, remove_tree, toolchain_lock, write_marker
 from .optimize import Toolchain
 
 #: What the optimization child needs; the same pins as requirements-dev.txt (the tested set).
@@ -50,13 +49,8 @@ REQUIREMENTS = (
 MODULES = ("olive", "onnx", "onnxscript", "onnxruntime", "numpy", "torch")
 HOST_PTH = "zz-ort-turbo-webui-site-packages.pth"
 MARKER_FORMAT = 1
-LOCK = ".ort-turbo-building"
 _PIP_ENV_DROP = ("PIP_TARGET", "PIP_PREFIX", "PIP_ROOT", "PIP_USER", "PIP_REQUIRE_VIRTUALENV", "PYTHONPATH",
                  "PYTHONHOME", "PYTHONUSERBASE", "VIRTUAL_ENV", "__PYVENV_LAUNCHER__")
-
-
-class ToolchainError(OrtTurboError):
-    """The Olive toolchain could not be created or does not work."""
 
 
 def venv_python(folder: Path) -> Path:
@@ -114,35 +108,6 @@ def problem(folder: Path, wanted: dict, modules: tuple[str, ...] = MODULES) -> s
     except (OSError, subprocess.SubprocessError) as e:
         return f"the toolchain's interpreter does not start ({e})"
     return f"the toolchain cannot import {missing}" if missing else None
-
-
-@contextlib.contextmanager
-def toolchain_lock(folder: Path, *, wait: bool = True, timeout: float = 3600):
-    """One builder (or deleter) at a time; a lock left by a dead process goes stale after ``timeout``."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    lock = folder.parent / f"{folder.name}{LOCK}"
-    start = time.monotonic()
-    while True:
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
-            break
-        except FileExistsError:
-            try:
-                age = time.time() - lock.stat().st_mtime
-            except OSError:
-                continue
-            if age > timeout:
-                lock.unlink(missing_ok=True)
-                continue
-            if not wait or time.monotonic() - start > timeout:
-                raise ToolchainError(f"the Olive toolchain in {folder} is being built or deleted right now; try again when that is done")
-            time.sleep(1.0)
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
 
 
 def _run_pip(python: Path, args: list[str], progress, start: float, span: tuple[float, float]) -> None:

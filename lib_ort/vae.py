@@ -55,8 +55,6 @@ class OrtVae(OrtRunner):
                             cpu_memory_arena=False,  # 512² activations: faster without the arena on CPU
                             shrink_arena=self.ep in ("cuda", "tensorrt"))
 
-    def has(self, part: str) -> bool:
-        return part in self.artefact.manifest["parts"]
 
     def _part(self, part: str):
         """(session, runner or None, input dtype, output dtype, output name), created on first use."""

@@ -13,7 +13,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lib_ort.architectures import build_unet  # noqa: E402
+from lib_ort.bench.architectures import build_unet  # noqa: E402
 from lib_ort.describe import state_dict_digest  # noqa: E402
 from lib_ort.pipeline import ensure_export, prepare  # noqa: E402
 from lib_ort.registry import Registry  # noqa: E402

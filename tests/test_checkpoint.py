@@ -5,7 +5,7 @@ import hashlib
 import pytest
 import torch
 
-from lib_ort.architectures import ARCHITECTURES, build_unet
+from lib_ort.bench.architectures import ARCHITECTURES, build_unet
 from lib_ort.checkpoint import PREFIX, file_sha256, ldm_config_from_keys, load_unet_from_checkpoint
 from lib_ort.describe import Family, describe_unet
 

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from conftest import tiny_model
-from lib_ort.architectures import DiffusersAsWebuiUnet, build_unet
+from lib_ort.bench.architectures import DiffusersAsWebuiUnet, build_unet
 from lib_ort.describe import Family, describe_unet, state_dict_digest
 
 

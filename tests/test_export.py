@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from conftest import TINY, tiny_model
-from lib_ort.architectures import example_inputs
+from lib_ort.bench.architectures import example_inputs
 from lib_ort.attention import sdpa_attention
 from lib_ort.errors import ExportError
 from lib_ort.export import MODEL_FILE, WEIGHTS_FILE, load_export_info, on_cpu_in_fp32
@@ -98,7 +98,7 @@ def test_ldm_export_traces_attention_as_sdpa(export_of):
 
 
 def test_fp16_model_is_exported_in_fp32_and_given_back_in_fp16(tmp_path):
-    from lib_ort.architectures import build_unet
+    from lib_ort.bench.architectures import build_unet
 
     model = build_unet("tiny-sd1").half()
     result = export_unet(model, tmp_path / "half")

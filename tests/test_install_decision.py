@@ -10,7 +10,8 @@ import pytest
 
 from lib_ort import install_runtime
 from lib_ort.install_layout import Layout
-from lib_ort.runtime_packages import (CUDNN9_REQUIREMENT, NEW_ORT_REQUIREMENTS, VARIANTS, Host, choose, decide,
+from lib_ort.providers import ONNXRUNTIME_DISTRIBUTIONS, served_by
+from lib_ort.runtime_packages import (CUDNN9_REQUIREMENT, NEW_ORT_REQUIREMENTS, Host, choose, decide,
                                       freeze_constraints, normalize, nvidia_driver_visible, read_pins, satisfies,
                                       unmet_requirements, version_tuple)
 
@@ -90,7 +91,7 @@ def test_nothing_fits_is_never_an_outcome():
     for h in HOSTS:
         d = decide(h)
         assert d.action == "install" and d.install == (d.choice.requirement,) and d.choice.reasons, h
-        assert "cpu" in VARIANTS[d.choice.package] and d.choice.ep in VARIANTS[d.choice.package], h
+        assert "cpu" in served_by(d.choice.package) and d.choice.ep in served_by(d.choice.package), h
         if h.nvidia_driver is False:
             assert d.choice.ep != "cuda" and not d.side, h
         # the no-deps route never names protobuf or a package the WebUI pins or has
@@ -275,7 +276,7 @@ class RecordingPip:
     def host(self, base: Host) -> Host:
         """The next start's Host: what is installed now, with the runtime's own metadata."""
         return Host(**{**base.__dict__, "installed": dict(self.installed),
-                       "requires": {n: r for n, r in self.requires.items() if n in VARIANTS}})
+                       "requires": {n: r for n, r in self.requires.items() if n in ONNXRUNTIME_DISTRIBUTIONS}})
 
     def named(self, i: int) -> set:
         """Distributions a call names outside its constraints file."""

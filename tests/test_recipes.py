@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from conftest import TINY, tiny_model
-from lib_ort.architectures import example_inputs
+from lib_ort.bench.architectures import example_inputs
 from lib_ort.errors import OrtTurboError
 from lib_ort.graph import initializer_types, op_counts
 from lib_ort.recipes import RECIPES, get_recipe, olive_config
@@ -182,9 +182,9 @@ def test_recipes_are_data_and_olive_config_carries_them(tmp_path):
         assert cfg["passes"] == recipe["passes"]
         for p in cfg["passes"].values():
             assert p["save_as_external_data"] and p["all_tensors_to_one_file"]
-    assert get_recipe("cuda")["passes"]["optimize"]["float16"] is True
-    assert get_recipe("cpu")["passes"]["optimize"]["optimization_options"]["enable_group_norm"] is False
-    get_recipe("cpu")["passes"]["optimize"]["float16"] = True  # a copy: the table itself is unchanged
-    assert RECIPES["cpu"]["passes"]["optimize"]["float16"] is False
+    # what each recipe's passes do is checked above on the graphs they build (fused ops, dtypes)
+    changed = get_recipe("cpu")
+    changed["passes"]["optimize"]["float16"] = not changed["passes"]["optimize"]["float16"]
+    assert get_recipe("cpu") != changed  # a copy: the table itself is unchanged
     with pytest.raises(ValueError, match="unknown execution provider"):
         get_recipe("rocm")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from lib_ort.architectures import example_inputs
+from lib_ort.bench.architectures import example_inputs
 from lib_ort.errors import UnsupportedInput
 from lib_ort.unet import OrtUnet
 
@@ -118,7 +118,7 @@ def test_fp16_artefact_tells_t_from_t_plus_a_quarter_like_torch(fp16_unet):
 
 def _overflowing_unet():
     """A UNet whose output exceeds fp16's range (65504): finite in fp32, inf in fp16."""
-    from lib_ort.architectures import build_unet
+    from lib_ort.bench.architectures import build_unet
 
     model = build_unet("tiny-sd2", seed=7)
     with torch.no_grad():

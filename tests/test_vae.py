@@ -13,7 +13,7 @@ from lib_ort.graph import initializer_types, io_types, op_counts
 from lib_ort.recipes import RECIPES, VAE_RECIPES, cpu_fp16_vae_recipe, get_vae_recipe, vae_precision
 from lib_ort.registry import Registry
 from lib_ort.vae import GuardedDecoder, OrtVae, forget_fp16_overflows, fp16_overflowed
-from lib_ort.vae_architectures import build_vae
+from lib_ort.bench.vae_architectures import build_vae
 from lib_ort.parts.vae import DecoderGraph, EncoderGraph, describe_vae, export_vae
 from lib_ort.pipeline import find_vae_artefact, prepare_vae
 

@@ -124,14 +124,14 @@ def check_runtime(ep: str) -> None:
     The optimization child runs in the toolchain's own environment, so an export can succeed where the
     WebUI itself has no (or no fitting) ONNX Runtime: this is checked first, in the WebUI's process.
     """
-    from ..optimize import MIN_RUNTIME_ORT
+    from ..providers import provider
     from ..registry import version_at_least
     from ..sessions import import_onnxruntime, require_provider
 
     require_provider(ep)
     have = import_onnxruntime().__version__
-    if not version_at_least(have, MIN_RUNTIME_ORT[ep]):
-        raise RuntimeUnavailable(f"the {ep} export needs ONNX Runtime {MIN_RUNTIME_ORT[ep]} or newer in the WebUI; "
+    if not version_at_least(have, provider(ep).min_ort):
+        raise RuntimeUnavailable(f"a {provider(ep).label} artefact needs ONNX Runtime {provider(ep).min_ort} or newer in the WebUI; "
                                  f"it has {have}. Update onnxruntime, then export.")
     if ep in ("cuda", "tensorrt"):
         import torch

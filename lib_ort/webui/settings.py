@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 
+from .. import providers
+
 SECTION = ("ort_turbo", "ORT Turbo", "sd")
 
 PROVIDER = "ort_turbo_provider"
@@ -18,8 +20,8 @@ CFG_FREE = "ort_turbo_cfg_free"
 ARTEFACT_DIR = "ort_turbo_artefact_dir"
 VAE_ON_ORT = "ort_turbo_vae"
 
-#: setting label -> engine execution provider
-PROVIDERS = {"CUDA": "cuda", "TensorRT": "tensorrt", "DirectML": "dml", "CPU": "cpu"}
+#: setting label -> provider key (the labels the setting stores, from the provider table)
+PROVIDERS = {p.label: p.key for p in providers.PROVIDERS}
 PROVIDER_CHOICES = ["Automatic", *PROVIDERS]
 #: Automatic picks the first of these that this ONNX Runtime offers (TensorRT only when chosen)
 AUTOMATIC_ORDER = ("cuda", "dml", "cpu")
@@ -38,8 +40,6 @@ def provider_status() -> dict[str, str | None]:
 
 
 def _read_provider_status() -> dict[str, str | None]:
-    from ..sessions import PROVIDER_NAMES
-
     try:
         import onnxruntime
 
@@ -49,8 +49,20 @@ def _read_provider_status() -> dict[str, str | None]:
         why = ("onnxruntime is not installed (see the console of the last start)" if isinstance(exc, ImportError)
                else f"onnxruntime does not import ({type(exc).__name__}: {exc})")
         return {label: why for label in PROVIDERS}
-    return {label: None if PROVIDER_NAMES[ep] in available else f"not in this onnxruntime {version}"
-            for label, ep in PROVIDERS.items()}
+    status = {label: None if providers.provider(ep).ort_name in available else f"not in this onnxruntime {version}"
+              for label, ep in PROVIDERS.items()}
+    trt = next(label for label, ep in PROVIDERS.items() if ep == "tensorrt")
+    if status[trt] is None and not _tensorrt_loads():
+        # onnxruntime-gpu lists TensorRT whether or not TensorRT is installed
+        status[trt] = "TensorRT (libnvinfer) is not installed"
+    return status
+
+
+def _tensorrt_loads() -> bool:
+    """Whether TensorRT's core library loads; asked only where this onnxruntime lists TensorRT."""
+    from ..cuda_libraries import tensorrt_library
+
+    return tensorrt_library() is not None
 
 
 def resolve_provider(choice: str, status: dict | None = None) -> str:

@@ -39,7 +39,7 @@ def _setup(a):
 
 
 def _model_and_checkpoint(arch: str):
-    from lib_ort.architectures import build_unet
+    from lib_ort.bench.architectures import build_unet
     from lib_ort.describe import state_dict_digest
 
     model = build_unet(arch, seed=0)
@@ -60,7 +60,7 @@ def cmd_prepare(a, s, out: Path) -> dict:
 
 
 def cmd_grid(a, s, out: Path) -> dict:
-    from lib_ort.architectures import example_inputs
+    from lib_ort.bench.architectures import example_inputs
     from lib_ort.registry import Registry
     from lib_ort.unet import OrtUnet
 
@@ -113,7 +113,7 @@ def cmd_grid(a, s, out: Path) -> dict:
 def cmd_vae(a, s, out: Path) -> dict:
     from lib_ort.registry import Registry
     from lib_ort.vae import GuardedDecoder, OrtVae, forget_fp16_overflows
-    from lib_ort.vae_architectures import build_vae
+    from lib_ort.bench.vae_architectures import build_vae
     from lib_ort.pipeline import prepare_vae
 
     registry = Registry(out / "registry")

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from lib_ort.architectures import example_inputs  # noqa: E402
+from lib_ort.bench.architectures import example_inputs  # noqa: E402
 from lib_ort.describe import state_dict_digest  # noqa: E402
 from lib_ort.pipeline import prepare  # noqa: E402
 from lib_ort.registry import Registry  # noqa: E402
@@ -51,14 +51,14 @@ TIMESTEPS = (999.0, 999.25, 500.5)
 
 def build_model(size: str, family: str = "sd2"):
     if size == "tiny":
-        from lib_ort.architectures import build_unet
+        from lib_ort.bench.architectures import build_unet
 
         return build_unet(TINY_FAMILIES.get(family, "tiny-sd2"), seed=0)
     torch.manual_seed(0)
     if family == "sdxl":
         from diffusers import UNet2DConditionModel
 
-        from lib_ort.architectures import DiffusersAsWebuiUnet
+        from lib_ort.bench.architectures import DiffusersAsWebuiUnet
 
         model = DiffusersAsWebuiUnet(UNet2DConditionModel(**SDXL_WIDTHS))
     else:

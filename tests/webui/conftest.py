@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO))
 from modules import devices, errors, sd_unet, shared  # noqa: E402
 from modules.sd_models import CheckpointInfo  # noqa: E402
 
-from lib_ort.architectures import build_unet  # noqa: E402
+from lib_ort.bench.architectures import build_unet  # noqa: E402
 from lib_ort.describe import state_dict_digest  # noqa: E402
 from lib_ort.optimize import Toolchain  # noqa: E402
 

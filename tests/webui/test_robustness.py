@@ -294,7 +294,7 @@ def test_disk_full_while_writing_an_export(client, exported, monkeypatch):
 
 def test_an_export_killed_midway_leaves_nothing_half_made(fresh_webui, tmp_path):
     """A real process, killed while it traces; then the same export in this process works."""
-    from lib_ort.architectures import build_unet
+    from lib_ort.bench.architectures import build_unet
     from lib_ort.registry import Registry
     from lib_ort.pipeline import ensure_export, export_folder
 
@@ -302,7 +302,7 @@ def test_an_export_killed_midway_leaves_nothing_half_made(fresh_webui, tmp_path)
     record = {"hash": "ab" * 32, "name": "killed.safetensors"}
     child = subprocess.Popen([sys.executable, "-c", (
         "import sys; sys.path.insert(0, sys.argv[1]);"
-        "from lib_ort.architectures import build_unet; from lib_ort.registry import Registry;"
+        "from lib_ort.bench.architectures import build_unet; from lib_ort.registry import Registry;"
         "from lib_ort.pipeline import ensure_export;"
         "ensure_export(build_unet('tiny-sd2', seed=0), Registry(sys.argv[2]), {'hash': 'ab' * 32, 'name': 'k'});"
         "print('finished')"), str(REPO), str(reg.root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -518,3 +518,23 @@ def test_export_refused_for_an_old_runtime_or_a_gpu_provider_without_a_gpu(clien
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     gpu = client.post("/ort-turbo/v1/export", json={"provider": "cuda"})
     assert gpu.status_code == 503 and "this WebUI's torch sees none" in gpu.json()["detail"]
+
+
+@pytest.mark.parametrize("loads", [False, True])
+def test_tensorrt_is_offered_only_when_its_libraries_load(monkeypatch, loads):
+    """onnxruntime-gpu lists TensorrtExecutionProvider with no TensorRT installed: the settings say so."""
+    import onnxruntime
+
+    listed = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: listed)
+    monkeypatch.setattr(settings, "_tensorrt_loads", lambda: loads)
+    settings._status_of_this_install.cache_clear()
+    try:
+        status = settings.provider_status()
+        assert status["CUDA"] is None and status["CPU"] is None
+        assert (status["TensorRT"] is None) is loads
+        if not loads:
+            assert "TensorRT (libnvinfer) is not installed" in status["TensorRT"]
+            assert settings.resolve_provider("Automatic", status) == "cuda"
+    finally:
+        settings._status_of_this_install.cache_clear()

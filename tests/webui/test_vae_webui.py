@@ -15,7 +15,7 @@ from modules.processing import StableDiffusionProcessing, run_job
 
 from lib_ort.recipes import cpu_fp16_vae_recipe
 from lib_ort.vae import forget_fp16_overflows
-from lib_ort.vae_architectures import build_vae
+from lib_ort.bench.vae_architectures import build_vae
 from lib_ort.pipeline import prepare_vae
 from lib_ort.webui import settings
 from lib_ort.webui import vae as ort_vae

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from .bench import _peak_rss_mb, time_interleaved
-from .describe import state_dict_digest
-from .export import MODEL_FILE
-from .optimize import Toolchain
-from .registry import Registry
+from ..describe import state_dict_digest
+from ..export import MODEL_FILE
+from ..optimize import Toolchain
+from ..registry import Registry
+from .timing import peak_rss_mb, time_interleaved
 from .vae_architectures import build_vae
 
 
@@ -32,7 +32,7 @@ def _timing(t: dict) -> dict:
     return {"median_ms": round(t["median_ms"], 1), "spread_ms": [round(t["min_ms"], 1), round(t["max_ms"], 1)]}
 
 
-def _add_speedups(configs: dict) -> float:
+def add_speedups(configs: dict) -> float:
     """Each configuration's speed-up over the first (PyTorch); returns the first's median."""
     base = next(iter(configs.values()))["median_ms"]
     for c in configs.values():
@@ -47,10 +47,10 @@ def run_vae_bench(vae_name: str = "sd-ldm", ep: str = "cpu", *, batch: int = 1, 
     category, and the floor at this machine's sgemm rate (see ``profile.py``). ``encode`` also times the
     encoder (img2img, hires fix) in PyTorch and in the recipe, on the same images, with the relative error
     of the posterior's moments."""
-    from .sessions import create_session, plan_session
-    from .vae import OrtVae
-    from .parts.vae import EncoderGraph, export_vae
-    from .pipeline import prepare_vae
+    from ..parts.vae import EncoderGraph, export_vae
+    from ..pipeline import prepare_vae
+    from ..sessions import create_session, plan_session
+    from ..vae import OrtVae
 
     report = progress or (lambda fraction, message: None)
     if height % 8 or width % 8:
@@ -81,7 +81,7 @@ def run_vae_bench(vae_name: str = "sd-ldm", ep: str = "cpu", *, batch: int = 1, 
     del decoders, session
     gc.collect()
     tmp.cleanup()
-    base = _add_speedups(configs)
+    base = add_speedups(configs)
     extra = {}
     if encode:
         report(0.85, f"encoder: PyTorch and ORT {ep} VAE recipe")
@@ -95,7 +95,7 @@ def run_vae_bench(vae_name: str = "sd-ldm", ep: str = "cpu", *, batch: int = 1, 
         encoded = {name: {**_timing(timings[name]),
                           "rel_err": float((m - torch_moments).abs().max() / torch_moments.abs().max())}
                    for name, m in moments.items()}
-        _add_speedups(encoded)
+        add_speedups(encoded)
         extra["encode"] = encoded
     if profile:
         from .profile import profile_ort, sgemm_rates
@@ -113,4 +113,4 @@ def run_vae_bench(vae_name: str = "sd-ldm", ep: str = "cpu", *, batch: int = 1, 
                             "floor_ms": round(floor_ms, 3), "max_speedup_over_eager": round(base / floor_ms, 2)}
     return {**extra, "vae": vae_name, "ep": ep, "batch": batch, "height": height, "width": width, "runs": runs,
             "warmup": warmup, "threads": torch.get_num_threads(), "artefact": artefact.id, "decode": configs,
-            "peak_rss_mb": round(_peak_rss_mb(), 1)}
+            "peak_rss_mb": round(peak_rss_mb(), 1)}

@@ -8,60 +8,27 @@ median of ``runs`` calls after ``warmup`` calls; the spread (min..max) is report
 from __future__ import annotations
 
 import gc
-import resource
-import statistics
 import time
 
 import torch
 
+from ..describe import describe_unet, state_dict_digest
+from ..graph import op_counts
+from ..optimize import Toolchain
+from ..pipeline import prepare
+from ..registry import Registry
 from .architectures import ARCHITECTURES, build_unet, example_inputs
-from .describe import describe_unet, state_dict_digest
-from .graph import op_counts
-from .optimize import Toolchain
-from .pipeline import prepare
-from .registry import Registry
+from .timing import peak_rss_mb, rel_err, time_calls, time_interleaved
 
 #: ops that show a recipe worked (the rest of the graph's op counts are left out of the report)
 FUSED_OPS = ("MultiHeadAttention", "Attention", "GroupNorm", "SkipGroupNorm", "NhwcConv", "BiasSplitGelu",
              "BiasAdd", "LayerNormalization", "SkipLayerNormalization", "Gelu", "FastGelu", "BiasGelu")
 
 
-def _peak_rss_mb(who=resource.RUSAGE_SELF) -> float:
-    return resource.getrusage(who).ru_maxrss / 1024.0  # Linux reports KiB
-
-
-def time_calls(fn, runs: int, warmup: int) -> dict:
-    """Median, min, max and samples (ms) of ``runs`` calls of ``fn`` after ``warmup`` calls."""
-    return time_interleaved({"call": fn}, runs, warmup)["call"]
-
-
-def time_interleaved(fns: dict, runs: int, warmup: int) -> dict:
-    """``time_calls`` for several configurations at once: round r runs every configuration once, in an
-    order rotated by r, so a machine that slows down or speeds up during the run (a shared VM does) moves
-    every configuration alike instead of favouring the one timed in the quiet minutes."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    names = list(fns)
-    samples = {name: [] for name in names}
-    for r in range(runs):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
-            fns[name]()
-            samples[name].append((time.perf_counter() - start) * 1000.0)
-    return {name: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v),
-                   "samples_ms": [round(x, 2) for x in v]} for name, v in samples.items()}
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """max |out - ref| / max |ref|."""
-    return float((out.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-12))
-
-
 def run_bench(arch: str, ep: str = "cpu", *, batch: int = 1, height: int | None = None, width: int | None = None,
               seq: int = 77, runs: int = 5, warmup: int = 1, root=None, unfused: bool = False, seed: int = 0,
               toolchain: Toolchain = Toolchain(), progress=None) -> dict:
-    from .unet import OrtUnet
+    from ..unet import OrtUnet
 
     spec = ARCHITECTURES[arch]
     latent_h = (height // 8) if height else spec.latent_size
@@ -98,7 +65,7 @@ def run_bench(arch: str, ep: str = "cpu", *, batch: int = 1, height: int | None 
     del ort_unet
     gc.collect()
     if unfused and prepared.export_folder is not None:
-        from .sessions import create_session, plan_session
+        from ..sessions import create_session, plan_session
 
         session = create_session(prepared.export_folder / "model.onnx", plan_session("cpu"))
         names = [i.name for i in session.get_inputs()]
@@ -109,15 +76,15 @@ def run_bench(arch: str, ep: str = "cpu", *, batch: int = 1, height: int | None 
         result["unfused_ops"] = {k: v for k, v in op_counts(prepared.export_folder / "model.onnx").items()
                                  if k in FUSED_OPS}
         del session
-    result["peak_rss_mb"] = round(_peak_rss_mb(), 1)
-    result["optimize_peak_rss_mb"] = round(_peak_rss_mb(resource.RUSAGE_CHILDREN), 1) or None
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    result["optimize_peak_rss_mb"] = round(peak_rss_mb(children=True) or 0, 1) or None
     return result
 
 
 # -- the blog's (batch, steps) matrix ------------------------------------------------------------------
 
 
-def _matrix_rows(config: str, batch: int, steps_list, timing: dict, extra: dict) -> list[dict]:
+def matrix_rows(config: str, batch: int, steps_list, timing: dict, extra: dict) -> list[dict]:
     """UNet-only figures for each step count: per-image time and images/s from the per-call timing."""
     rows = []
     for steps in steps_list:
@@ -141,8 +108,8 @@ def run_matrix(arch: str, ep: str = "cpu", *, batches=(1, 4), steps=(1, 4), heig
     """Time PyTorch eager (and torch.compile), ORT unfused and ORT with the provider's recipe per batch,
     and derive per-image time and images/s for each step count (UNet calls only, CFG-free: B rows)."""
     from .report import write_report
-    from .sessions import create_session, plan_session
-    from .unet import OrtUnet
+    from ..sessions import create_session, plan_session
+    from ..unet import OrtUnet
 
     report = progress or (lambda fraction, message: None)
     registry = Registry(root)
@@ -195,13 +162,13 @@ def run_matrix(arch: str, ep: str = "cpu", *, batches=(1, 4), steps=(1, 4), heig
             report(0.5, f"batch {batch}: {', '.join(fns)}, interleaved")
             timings = time_interleaved(fns, runs, warmup)
             for config in fns:
-                rows += _matrix_rows(config, batch, steps, timings[config], extras[config])
+                rows += matrix_rows(config, batch, steps, timings[config], extras[config])
     del ort_unet, session, compiled
     gc.collect()
     meta = {"arch": arch, "ep": ep, "height": height, "width": width, "sequence": seq, "runs": runs,
             "warmup": warmup, "threads": torch.get_num_threads(), "artefact": prepared.artefact.id,
             "fused_ops": {k: v for k, v in prepared.artefact.manifest["fused_ops"].items() if k in FUSED_OPS},
-            "peak_rss_mb": round(_peak_rss_mb(), 1), "notes": notes,
+            "peak_rss_mb": round(peak_rss_mb(), 1), "notes": notes,
             "method": "UNet calls only, CFG-free (B rows per call); per-image time = steps x call time / batch; "
                       f"median of {runs} calls after {warmup} warm-up, spread = min..max; the configurations "
                       "are timed interleaved, one call each per round in a rotating order"}

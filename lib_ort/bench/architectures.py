@@ -120,7 +120,7 @@ def build_unet(name: str, seed: int = 0, device: str | torch.device = "cpu") -> 
 def example_inputs(model_or_io, batch: int = 1, latent_h: int = 8, latent_w: int = 8, seq: int = 77,
                    seed: int = 0, dtype=torch.float32) -> dict[str, torch.Tensor]:
     """Random WebUI-style inputs (``x``, fractional per-row ``timesteps``, ``context`` and ``y``)."""
-    from .describe import IOSpec, describe_unet
+    from ..describe import IOSpec, describe_unet
 
     io = model_or_io if isinstance(model_or_io, IOSpec) else describe_unet(model_or_io).io
     g = torch.Generator().manual_seed(seed)

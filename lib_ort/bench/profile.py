@@ -122,7 +122,7 @@ class Breakdown:
 def profile_ort(model_path, values: list, runs: int = 2, warmup: int = 1, config: str = "ORT",
                 cpu_memory_arena: bool = True) -> Breakdown:
     """Run the session with ORT's profiler on and add up node times and FLOPs per category (per call)."""
-    from .sessions import create_session, plan_session
+    from ..sessions import create_session, plan_session
 
     plan = plan_session("cpu", cpu_memory_arena=cpu_memory_arena)
     with tempfile.TemporaryDirectory(prefix="ort-turbo-profile-") as tmp:
@@ -221,11 +221,11 @@ def run_profile(arch: str, ep: str = "cpu", *, batch: int = 1, height: int | Non
                 seq: int = 77, runs: int = 2, warmup: int = 1, root=None, seed: int = 0, toolchain=None,
                 out_dir=None, progress=None) -> dict:
     """Profile eager, the unfused export and the provider's recipe on one input; see the module docstring."""
+    from ..describe import state_dict_digest
+    from ..optimize import Toolchain
+    from ..pipeline import prepare
+    from ..registry import Registry
     from .architectures import ARCHITECTURES, build_unet, example_inputs
-    from .describe import state_dict_digest
-    from .optimize import Toolchain
-    from .pipeline import prepare
-    from .registry import Registry
 
     if ep != "cpu":
         raise ValueError("the profile runs on the CPU provider only (ORT's profiler times GPU kernels differently)")

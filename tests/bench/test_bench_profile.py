@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from lib_ort.architectures import example_inputs
+from lib_ort.bench.architectures import example_inputs
 from lib_ort.cli import main
-from lib_ort.profile import CATEGORIES, node_flops, ort_category, profile_ort, torch_category
+from lib_ort.bench.profile import CATEGORIES, node_flops, ort_category, profile_ort, torch_category
 
 
 def test_node_flops_from_profiler_shapes():

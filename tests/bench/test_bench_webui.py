@@ -1,0 +1,78 @@
+"""``webui-bench``: the end-to-end client, against a local stand-in of the WebUI's API (the real one needs a
+running WebUI)."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from lib_ort.cli import main
+
+
+class FakeWebUI(BaseHTTPRequestHandler):
+    """txt2img and options, with v1.10.1's rule: an overridden setting the user never set stays changed."""
+
+    requests: list = []
+    options = {"sd_unet": "Automatic"}  # what GET /sdapi/v1/options answers: defaults included
+    user_set: set = set()  # the keys in the user's config.json
+
+    def _answer(self, payload):
+        data = json.dumps(payload).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._answer(dict(FakeWebUI.options))
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        FakeWebUI.requests.append((self.path, body))
+        if self.path == "/sdapi/v1/options":
+            FakeWebUI.options.update(body)
+            FakeWebUI.user_set.update(body)
+            return self._answer(None)
+        for key, value in body["override_settings"].items():
+            if key not in FakeWebUI.user_set:
+                FakeWebUI.options[key] = value
+        ours = body["override_settings"]["sd_unet"] == "ORT Turbo"
+        text = "Steps: 1, ORT Turbo: abc-cpu-fp32 (cpu)" if ours else "Steps: 1"
+        if ours and body["batch_size"] == 4:
+            text = "Steps: 1, ORT Turbo: PyTorch fallback: batch 8 is outside"
+        self._answer({"images": [], "info": json.dumps({"infotexts": [text]})})
+
+    def log_message(self, *args):
+        pass
+
+
+def test_webui_bench_sends_the_blog_settings_and_reports_fallbacks(tmp_path, capsys):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeWebUI)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert main(["webui-bench", "--url", url, "--runs", "2", "--warmup", "1", "--out", str(tmp_path)]) == 0
+    finally:
+        server.shutdown()
+    result = json.loads(capsys.readouterr().out)
+    paths = [path for path, _ in FakeWebUI.requests]
+    assert len(result["rows"]) == 12 and paths.count("/sdapi/v1/txt2img") == 12 * 3
+    # the user's SD Unet is written back before the first override (so the WebUI undoes each one) and after
+    assert paths[0] == paths[-1] == "/sdapi/v1/options" and FakeWebUI.requests[0][1] == {"sd_unet": "Automatic"}
+    assert FakeWebUI.options["sd_unet"] == "Automatic" and result["meta"]["users_sd_unet"] == "Automatic"
+    first = FakeWebUI.requests[1][1]
+    assert (first["cfg_scale"], first["sampler_name"], first["scheduler"], first["width"]) == (1.0, "Euler a",
+                                                                                            "SGM Uniform", 512)
+    assert first["alwayson_scripts"] == {"ort turbo": {"args": [False]}}
+    ort = [r for r in result["rows"] if r["config"] == "ORT Turbo"]
+    assert all(r["images_per_s"] for r in ort if r["batch"] == 1)
+    assert all(r["error"].startswith("PyTorch ran: batch 8") for r in ort if r["batch"] == 4)
+    assert (tmp_path / "webui-e2e.png").exists() and (tmp_path / "webui-e2e.md").exists()
+
+
+def test_webui_bench_says_when_no_webui_is_there(tmp_path, capsys):
+    assert main(["webui-bench", "--url", "http://127.0.0.1:9", "--runs", "1", "--warmup", "0", "--batches", "1",
+                 "--steps", "1", "--out", str(tmp_path)]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert all("cannot reach the WebUI" in r["error"] for r in rows)
