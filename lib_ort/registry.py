@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import providers
 from .errors import ArtefactError
 
 MANIFEST = "manifest.json"
@@ -166,15 +167,14 @@ class Registry:
              vae_hash: str | None = None) -> Path | None:
         """The folder of the artefact for this checkpoint and provider, valid or not; None if none.
 
-        ``kind="vae"`` finds a VAE artefact, which must also match ``vae_hash``."""
-        for row in self.list():
-            m = row.manifest or {}
-            if (m.get("checkpoint", {}).get("hash") == checkpoint_hash and m.get("ep") == ep
-                    and (precision is None or m.get("precision") == precision)
-                    and artefact_kind(m) == kind
-                    and (kind == "unet" or (m.get("vae") or {}).get("hash") == vae_hash)):
-                return row.folder
-        return None
+        ``kind="vae"`` finds a VAE artefact, which must also match ``vae_hash``. Without a ``precision``, a
+        UNet in the provider's own recipe precision comes first (a CPU fp32 UNet before a test-made fp16 one)."""
+        found = [row for row in self.list() if _matches(row.manifest or {}, checkpoint_hash, ep, precision, kind,
+                                                         vae_hash)]
+        if precision is None and kind == "unet" and ep in providers.KEYS:
+            usual = providers.provider(ep).precision
+            found.sort(key=lambda row: (row.manifest or {}).get("precision") != usual)
+        return found[0].folder if found else None
 
     def load(self, artefact: str | os.PathLike, checkpoint_hash: str | None = None,
              vae_hash: str | None = None) -> Artefact:
@@ -258,3 +258,10 @@ def _read_manifest_quietly(folder: Path) -> dict | None:
         return json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError):
         return None
+
+
+def _matches(m: dict, checkpoint_hash: str, ep: str, precision: str | None, kind: str, vae_hash: str | None) -> bool:
+    return (m.get("checkpoint", {}).get("hash") == checkpoint_hash and m.get("ep") == ep
+            and (precision is None or m.get("precision") == precision)
+            and artefact_kind(m) == kind
+            and (kind == "unet" or (m.get("vae") or {}).get("hash") == vae_hash))

@@ -211,3 +211,13 @@ def test_real_artefact_manifest_records_what_the_issue_asks(artefact_of):
         assert m["versions"][key]
     assert m["versions"]["olive-ai"] == "0.13.0"
     assert m["timings"]["optimize_s"] > 0
+
+
+def test_find_without_a_precision_prefers_the_providers_own(tmp_path):
+    """A CPU fp16 UNet (made by tests, or by hand) never shadows the fp32 one the CPU recipe makes."""
+    reg = Registry(tmp_path)
+    fp16 = _fake_artefact(reg, precision="fp16")
+    assert reg.find("a" * 64, "cpu") == fp16.folder  # the only one
+    fp32 = _fake_artefact(reg, precision="fp32")
+    assert reg.find("a" * 64, "cpu") == fp32.folder
+    assert reg.find("a" * 64, "cpu", "fp16") == fp16.folder
