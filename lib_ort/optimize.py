@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
+from . import __version__, providers
 from .errors import OptimizationError
 from .export import MODEL_FILE, WEIGHTS_FILE
 from .parts.base import Model
@@ -108,7 +108,7 @@ def optimize_export(export_folder: str | os.PathLike, ep: str, registry: Registr
     parts = model.exported_parts(info)
     recipe = recipe or model.recipe(ep, precision)
     slug = "" if model.kind == "unet" else f"{model.kind}-"
-    label = ep if model.kind == "unet" else f"{ep} {model.kind.upper()}"
+    label = providers.label(ep) if model.kind == "unet" else f"{providers.label(ep)} {model.kind.upper()}"
     work = registry.new_work_folder(f"optimize-{slug}{ep}")
     try:
         jobs = []
@@ -151,7 +151,7 @@ def optimize_export(export_folder: str | os.PathLike, ep: str, registry: Registr
             "timings": {"export_s": info.get("export_s"), "optimize_s": round(time.perf_counter() - start, 2)},
         }
         artefact = registry.commit(staged, manifest)
-        report(1.0, f"{model.kind} optimized for {ep} "
+        report(1.0, f"{model.kind} optimized for {providers.label(ep)} "
                     f"({recipe['precision']}): {artefact.id}")
         return artefact
     except BaseException:

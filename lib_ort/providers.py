@@ -60,6 +60,13 @@ def provider(key: str) -> Provider:
         raise ValueError(f"unknown execution provider {key!r}; choose one of: {', '.join(KEYS)}") from None
 
 
+def label(key: str) -> str:
+    """What a user reads for ``key`` ("CUDA" for "cuda"); the key itself if this version has no such row
+    (a manifest written by another version)."""
+    row = _BY_KEY.get(key)
+    return row.label if row is not None else str(key)
+
+
 def served_by(distribution: str) -> frozenset[str]:
     """The keys of the providers the ``onnxruntime`` of ``distribution`` (a PEP 503 name) can serve."""
     return frozenset(p.key for p in PROVIDERS if distribution in p.packages)

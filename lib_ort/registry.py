@@ -248,7 +248,7 @@ class Registry:
         have = runtime_ort_version()
         if need and have and not version_at_least(have, need):
             raise ArtefactError(
-                f"{folder.name}: needs ONNX Runtime {need} or newer for its {manifest['ep']} ops; "
+                f"{folder.name}: needs ONNX Runtime {need} or newer for its {providers.label(manifest['ep'])} ops; "
                 f"this WebUI has {have}. Update onnxruntime or export again.")
         return Artefact(folder, manifest)
 

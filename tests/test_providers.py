@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lib_ort.providers import KEYS, ONNXRUNTIME_DISTRIBUTIONS, PROVIDERS, provider, served_by
+from lib_ort.providers import KEYS, ONNXRUNTIME_DISTRIBUTIONS, PROVIDERS, label, provider, served_by
 from lib_ort.recipes import RECIPES, VAE_RECIPES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,3 +57,8 @@ def test_the_table_imports_nothing_heavy():
     done = subprocess.run([sys.executable, "-c", code, str(REPO)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['lib_ort', 'lib_ort.providers', 'lib_ort.runtime_packages']"
+
+
+def test_a_user_reads_the_label_and_an_unknown_key_stays_readable():
+    assert [label(p.key) for p in PROVIDERS] == ["CUDA", "TensorRT", "DirectML", "CPU"]
+    assert label("rocm") == "rocm"  # a manifest from another version still lists

@@ -15,6 +15,7 @@ import torch
 
 from modules import devices, shared
 
+from .. import providers
 from . import service, settings
 
 INFOTEXT_KEY = "ORT Turbo"
@@ -141,7 +142,7 @@ class Job:
             prefix = "PyTorch fallback" if not self.ort_calls else "partly PyTorch"
             return f"{prefix}: {'; '.join(self.reasons)}"
         if self.ort_calls:
-            return f"{self.artefact.id} ({self.artefact.ep})"
+            return f"{self.artefact.id} ({providers.label(self.artefact.ep)})"
         return None
 
     def restore(self) -> None:
@@ -227,12 +228,12 @@ def forced_fallback_reason(p) -> str | None:
     networks = getattr(p, "extra_network_data", None) or {}
     active = sorted(name for name, params in networks.items() if params and name in ("lora", "lyco", "hypernet"))
     if active:
-        return f"{'/'.join(active)} networks in the prompt are not part of the exported UNet"
+        return f"{'/'.join(active)} networks in the prompt are not part of the UNet artefact"
     unet = shared.sd_model.model.diffusion_model
     if "forward" in vars(unet):
         return "ControlNet or another extension replaced the UNet's forward"
     if getattr(p, "tiling", False):
-        return "tiling changes the UNet's padding, which the export does not have"
+        return "tiling changes the UNet's padding, which the artefact does not have"
     ratio = p.get_token_merging_ratio() if hasattr(p, "get_token_merging_ratio") else 0
     if ratio:
         return "token merging patches the PyTorch UNet"

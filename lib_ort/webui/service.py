@@ -23,6 +23,7 @@ from ..install_layout import Layout, default_artefacts_root
 from ..optimize import Toolchain
 from ..pipeline import prepare
 from ..registry import Registry
+from .. import providers
 from . import settings
 
 LOG_PREFIX = "[ORT Turbo]"
@@ -81,7 +82,7 @@ def checkpoint_record(info) -> dict:
         info.calculate_shorthash()
         sha256 = info.sha256
     if not sha256:
-        raise OrtTurboError(f"the WebUI has no sha256 for {info.title}; cannot key an export to it")
+        raise OrtTurboError(f"the WebUI has no sha256 for {info.title}; cannot key an artefact to it")
     return {"hash": sha256, "name": info.title, "model_name": info.model_name,
             "name_for_extra": getattr(info, "name_for_extra", None)}
 
@@ -124,21 +125,21 @@ def check_runtime(ep: str) -> None:
     The optimization child runs in the toolchain's own environment, so an export can succeed where the
     WebUI itself has no (or no fitting) ONNX Runtime: this is checked first, in the WebUI's process.
     """
-    from ..providers import provider
     from ..registry import version_at_least
     from ..sessions import import_onnxruntime, require_provider
 
     require_provider(ep)
+    row = providers.provider(ep)
     have = import_onnxruntime().__version__
-    if not version_at_least(have, provider(ep).min_ort):
-        raise RuntimeUnavailable(f"a {provider(ep).label} artefact needs ONNX Runtime {provider(ep).min_ort} or newer in the WebUI; "
+    if not version_at_least(have, row.min_ort):
+        raise RuntimeUnavailable(f"a {row.label} artefact needs ONNX Runtime {row.min_ort} or newer in the WebUI; "
                                  f"it has {have}. Update onnxruntime, then export.")
     if ep in ("cuda", "tensorrt"):
         import torch
 
         if not torch.cuda.is_available():
-            raise RuntimeUnavailable(f"a {ep} export runs on a GPU through torch, and this WebUI's torch sees none; "
-                                     "choose CPU (or DirectML on Windows)")
+            raise RuntimeUnavailable(f"a {row.label} artefact runs on a GPU through torch, and this WebUI's torch "
+                                     "sees none; choose CPU (or DirectML on Windows)")
 
 
 def loaded_model():
@@ -167,7 +168,7 @@ def one_export(what: str):
     except Exception as exc:
         if _out_of_space(exc):
             raise DiskFull(f"the disk is full: exporting {what} stopped and nothing was registered ({exc}). "
-                           f"Free space where exports live ({registry().root}) and export again.") from exc
+                           f"Free space where artefacts live ({registry().root}) and export again.") from exc
         raise
     finally:
         state.export_running = ""
@@ -217,7 +218,7 @@ class PartExport:
 
 class UnetExport(PartExport):
     def what(self) -> str:
-        return f"{self.checkpoint['name']} for {self.ep}"
+        return f"{self.checkpoint['name']} for {providers.label(self.ep)}"
 
     def trace(self, reg, progress):
         from modules import sd_unet

@@ -88,10 +88,10 @@ def option_templates(shared, gr) -> dict:
         .info(_provider_info()),
         FP16_VAE: OptionInfo(True, "fp16 VAE (ignored with --no-half-vae / --no-half; the stock SDXL VAE overflows "
                                    "in fp16, use the fp16-fix VAE)"),
-        VAE_ON_ORT: OptionInfo(True, "VAE on ONNX Runtime (while ORT Turbo is the SD Unet and the loaded VAE is "
-                                     "exported for this checkpoint and provider; TAESD is left alone)"),
+        VAE_ON_ORT: OptionInfo(True, "VAE on ONNX Runtime (while ORT Turbo is the SD Unet and the loaded VAE has "
+                                     "an artefact for this checkpoint and provider; TAESD is left alone)"),
         CUDA_GRAPHS: OptionInfo(False, "Static shapes with CUDA graphs (CUDA provider; one graph per image size)"),
         CFG_FREE: OptionInfo(True, "CFG-free sampling at CFG scale <= 1 (skip the negative prompt's UNet rows)"),
-        ARTEFACT_DIR: OptionInfo("", "Folder for exported models", gr.Textbox, {"lines": 1, "max_lines": 1})
+        ARTEFACT_DIR: OptionInfo("", "Folder for artefacts", gr.Textbox, {"lines": 1, "max_lines": 1})
         .info("empty: the extension's artefacts folder, or $ORT_TURBO_HOME"),
     })

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from .. import providers
 from ..errors import OrtTurboError
 from . import service, settings
 
@@ -44,6 +45,7 @@ def _table():
     titles = _checkpoint_titles()
     for row in rows:
         row["checkpoint"] = titles.get(row.get("checkpoint_hash"), row["checkpoint"])
+        row["provider"] = providers.label(row["provider"])
         row["valid"] = "yes" if row["valid"] else "no"
     return [[r[key] for _, key in COLUMNS] for r in rows], [r["id"] for r in rows]
 
@@ -67,7 +69,7 @@ def _exported(export, provider_label: str, progress, message) -> tuple:
 
 def export_clicked(provider_label: str, progress=gr.Progress()):
     return _exported(service.export_loaded_checkpoint, provider_label, progress, lambda m: (
-        f"Exported **{m['checkpoint']['name']}** for **{m['ep']}** ({m['precision']}) as `{m['id']}`. "
+        f"Exported **{m['checkpoint']['name']}** for **{providers.label(m['ep'])}** ({m['precision']}) as `{m['id']}`. "
         f"Select **ORT Turbo** as the SD Unet."))
 
 
@@ -75,12 +77,12 @@ def export_vae_clicked(provider_label: str, progress=gr.Progress()):
     from . import vae as ort_vae
 
     return _exported(ort_vae.export_loaded_vae, provider_label, progress, lambda m: (
-        f"Exported the VAE for **{m['ep']}** ({m['precision']}) as `{m['id']}`; it runs while ORT Turbo is the "
-        "SD Unet and *VAE on ONNX Runtime* is on."))
+        f"Exported the VAE for **{providers.label(m['ep'])}** ({m['precision']}) as `{m['id']}`; it runs while "
+        "ORT Turbo is the SD Unet and *VAE on ONNX Runtime* is on."))
 
 
 def refresh_clicked():
-    """The table and the delete dropdown as the registry is now (exports made anywhere: API, other pages)."""
+    """The table and the delete dropdown as the registry is now (artefacts made anywhere: API, other pages)."""
     rows, ids = _table()
     return rows, gr.update(choices=ids)
 
@@ -104,7 +106,7 @@ def refresh_when_shown(component, **kwargs) -> None:
 
 def delete_clicked(artefact_id: str):
     if not artefact_id:
-        raise gr.Error("choose an export to delete")
+        raise gr.Error("choose an artefact to delete")
     try:
         service.delete_artefact(artefact_id)
     except OrtTurboError as exc:
@@ -119,7 +121,7 @@ def _usage_markdown() -> str:
     sizes = usage(artefacts_root=service.registry().root)
     mb = {k: v / 2**20 for k, v in sizes.items()}
     return (f"Olive toolchain: {mb['toolchain']:.0f} MB · runtime libraries: {mb['runtime_libs']:.0f} MB · "
-            f"exports: {mb['artefacts']:.0f} MB")
+            f"artefacts: {mb['artefacts']:.0f} MB")
 
 
 def delete_toolchain_clicked():
@@ -138,7 +140,7 @@ def delete_all_clicked():
     freed = delete_artefacts(service.registry().root)
     service.artefacts_changed()
     rows, ids = _table()
-    return (f"Deleted every export ({freed / 2**20:.0f} MB).", _usage_markdown(), rows,
+    return (f"Deleted every artefact ({freed / 2**20:.0f} MB).", _usage_markdown(), rows,
             gr.update(choices=ids, value=None))
 
 
@@ -155,14 +157,14 @@ def build_tab():
         table = gr.Dataframe(headers=[header for header, _ in COLUMNS], datatype="str", interactive=False,
                              wrap=True, elem_id="ort_turbo_artefacts")
         with gr.Row():
-            choice = gr.Dropdown([], label="Export", elem_id="ort_turbo_delete_choice")
+            choice = gr.Dropdown([], label="Artefact", elem_id="ort_turbo_delete_choice")
             delete = gr.Button("Delete", elem_id="ort_turbo_delete")
             refresh = gr.Button("Refresh", elem_id="ort_turbo_refresh")
         with gr.Accordion("Clean up", open=False):
             usage_text = gr.Markdown(_usage_markdown(), elem_id="ort_turbo_usage")
             with gr.Row():
                 drop_toolchain = gr.Button("Delete Olive toolchain", elem_id="ort_turbo_delete_toolchain")
-                drop_all = gr.Button("Delete all exports", variant="stop", elem_id="ort_turbo_delete_all")
+                drop_all = gr.Button("Delete all artefacts", variant="stop", elem_id="ort_turbo_delete_all")
         export.click(export_clicked, inputs=[provider], outputs=[message, table, choice])
         export_vae.click(export_vae_clicked, inputs=[provider], outputs=[message, table, choice])
         drop_toolchain.click(delete_toolchain_clicked, outputs=[message, usage_text])

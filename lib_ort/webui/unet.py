@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from modules import devices, sd_unet, shared
 
+from .. import providers
 from ..errors import ArtefactError, OrtTurboError, RuntimeUnavailable, UnsupportedInput
 from ..unet import OrtUnet
 from . import service, settings
@@ -102,7 +103,7 @@ class OrtTurboUnet(sd_unet.SdUnet):
         try:
             artefact = service.find_artefact(info, ep)
             if artefact is None:
-                reason = f"no {ep} export for {info.title}; export it in the ORT Turbo tab"
+                reason = f"no {providers.label(ep)} artefact for {info.title}; export it in the ORT Turbo tab"
             else:
                 ort = OrtUnet(artefact, cuda_graph=graphs and ep == "cuda")
         except (ArtefactError, RuntimeUnavailable) as exc:
@@ -110,7 +111,7 @@ class OrtTurboUnet(sd_unet.SdUnet):
         except OrtTurboError as exc:  # the session itself: retried when the key changes, not at every job
             reason, retry = str(exc), False
         except Exception as exc:
-            name = artefact.id if artefact is not None else "the export"
+            name = artefact.id if artefact is not None else "the artefact"
             reason, retry = f"ONNX Runtime could not load {name} ({type(exc).__name__}: {exc})", False
         self.key, self.ort, self.unavailable, self.retry = key, ort, reason, retry
         self.artefact = artefact if ort is not None else None

@@ -26,6 +26,7 @@ import torch
 
 from modules import sd_unet, shared
 
+from .. import providers
 from ..errors import OrtTurboError, UnsupportedInput
 from ..optimize import optimize_export
 from ..parts.vae import VAE, export_vae
@@ -96,10 +97,10 @@ class VaeExport(service.PartExport):
         self.scratch = None
 
     def what(self):
-        return f"the VAE {self.record['name']} for {self.ep}"
+        return f"the VAE {self.record['name']} for {providers.label(self.ep)}"
 
     def trace(self, reg, progress):
-        service.log(f"exporting the VAE ({self.record['name']}) for {self.ep} in {self.precision}")
+        service.log(f"exporting the VAE ({self.record['name']}) for {providers.label(self.ep)} in {self.precision}")
         self.scratch = reg.new_work_folder("export-vae")
         export_vae(self.sd_model.first_stage_model, self.scratch / "export",
                    progress=lambda f, m: progress(self.trace_share * f, m))
@@ -271,7 +272,7 @@ class VaeRoute:
             return None
         if not self.ort_calls:
             return "PyTorch (fallback)"
-        ran = f"{self.fast.id} ({self.fast.ep})"
+        ran = f"{self.fast.id} ({providers.label(self.fast.ep)})"
         return f"{ran} and PyTorch" if self.torch_calls and self.notes else ran
 
 
@@ -291,7 +292,8 @@ def _find(sd_model) -> tuple[OrtVae | None, OrtVae | None, dict, str | None]:
     if fast is None and fp32 is not None:
         fast = fp32  # the fp32 export serves an fp16 request: slower, never wrong
     if fast is None:
-        return None, None, record, (f"no {ep} VAE export for {record['name']}; export the VAE in the ORT Turbo tab")
+        return None, None, record, (f"no {providers.label(ep)} VAE artefact for {record['name']}; "
+                                    "export the VAE in the ORT Turbo tab")
     fast_runner = _runner(fast)
     fp32_runner = _runner(fp32) if fp32 is not None and fp32.folder != fast.folder else None
     return fast_runner, fp32_runner, record, None
@@ -335,7 +337,7 @@ def after_batch(p) -> None:
     notes = list(route.notes) if route is not None else []
     why, failed = state.vae_unavailable, state.vae_failed
     if route is None and why and _ours_selected():
-        text = "PyTorch (fallback)" if failed else "PyTorch (no export)"
+        text = "PyTorch (fallback)" if failed else "PyTorch (no artefact)"
         notes = [f"PyTorch VAE used: {why}" if failed else why]
         if not failed and why not in _advised:  # a failure was logged when the job started
             _advised.add(why)

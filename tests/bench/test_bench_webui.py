@@ -37,7 +37,7 @@ class FakeWebUI(BaseHTTPRequestHandler):
             if key not in FakeWebUI.user_set:
                 FakeWebUI.options[key] = value
         ours = body["override_settings"]["sd_unet"] == "ORT Turbo"
-        text = "Steps: 1, ORT Turbo: abc-cpu-fp32 (cpu)" if ours else "Steps: 1"
+        text = "Steps: 1, ORT Turbo: abc-cpu-fp32 (CPU)" if ours else "Steps: 1"
         if ours and body["batch_size"] == 4:
             text = "Steps: 1, ORT Turbo: PyTorch fallback: batch 8 is outside"
         self._answer({"images": [], "info": json.dumps({"infotexts": [text]})})

@@ -38,10 +38,10 @@ def test_the_vae_note_pastes_back_cleanly(page):
 
     shared.opts.data["sd_unet"] = LABEL  # no export exists: the UNet and the VAE run in PyTorch
     job = page.generate("txt2img")
-    assert "ORT Turbo VAE: PyTorch (no export)," in job["infotext"] + ","
+    assert "ORT Turbo VAE: PyTorch (no artefact)," in job["infotext"] + ","
     comments = page.el("#comments_txt2img textarea").get_property("value")
     assert "export the VAE in the ORT Turbo tab" in comments
     page.type_into("#txt2img_prompt", job["infotext"])
     page.click("#txt2img_paste")
     pasted = page.wait(lambda: page.webui.received.pasted, "the paste")[-1]
-    assert pasted["ORT Turbo VAE"] == "PyTorch (no export)" and pasted["Steps"] == "20"
+    assert pasted["ORT Turbo VAE"] == "PyTorch (no artefact)" and pasted["Steps"] == "20"

@@ -54,7 +54,7 @@ def test_errors_are_http_errors_with_a_message(client):
 def test_delete_then_generation_falls_back_then_export_again(client, exported, extension):
     assert client.delete(f"/ort-turbo/v1/artefacts/{exported['id']}").json() == {"deleted": exported["id"]}
     p = StableDiffusionProcessing(script_runner(extension), steps=1, override_settings={"sd_unet": "ORT Turbo"})
-    assert "PyTorch fallback: no cpu export" in run_job(p).infotexts[0]
+    assert "PyTorch fallback: no CPU artefact" in run_job(p).infotexts[0]
     assert client.post("/ort-turbo/v1/export", json={"provider": "CPU"}).status_code == 200
 
 
@@ -63,7 +63,7 @@ def test_txt2img_with_override_settings_and_alwayson_args_behaves_like_the_ui(cl
     p = StableDiffusionProcessing(script_runner(extension, cfg_free=True), batch_size=2, steps=2, cfg_scale=1.0,
                                   override_settings={"sd_unet": "ORT Turbo"})
     processed = run_job(p)
-    assert f"ORT Turbo: {exported['id']} (cpu)" in processed.infotexts[0]
+    assert f"ORT Turbo: {exported['id']} (CPU)" in processed.infotexts[0]
     assert "ORT Turbo CFG-free: True" in processed.infotexts[0]
     assert shared.sd_model.rows_per_call == [2, 2]
     assert "skip_early_cond" not in shared.opts.data

@@ -120,7 +120,7 @@ def images_with(extension, label, **kwargs):
 def test_ort_turbo_matches_the_pytorch_unet_and_says_so(fresh_webui, exported, extension):
     ort = images_with(extension, LABEL, batch_size=2, steps=2, cfg_scale=1.0)
     ref = images_with(extension, "None", batch_size=2, steps=2, cfg_scale=1.0)
-    assert f"ORT Turbo: {exported['id']} (cpu)" in ort.infotexts[0]
+    assert f"ORT Turbo: {exported['id']} (CPU)" in ort.infotexts[0]
     assert "ORT Turbo:" not in ref.infotexts[0]
     diff = (ort.images[0] - ref.images[0]).abs().max() / ref.images[0].abs().max()
     assert diff < 5e-3  # fp16 VAE on both; the UNets agree to fp32 rounding
@@ -137,7 +137,7 @@ def assert_pytorch_fallback(extension, reason, **kwargs):
 
 def test_fallback_no_export_for_this_checkpoint(fresh_webui, extension):
     shared.sd_model = StubSdModel("tiny-sd1", "models/Stable-diffusion/not-exported.safetensors")
-    assert_pytorch_fallback(extension, "no cpu export for not-exported.safetensors", steps=1)
+    assert_pytorch_fallback(extension, "no CPU artefact for not-exported.safetensors", steps=1)
 
 
 def test_fallback_shape_out_of_range(fresh_webui, exported, extension):
@@ -191,7 +191,7 @@ def test_fallback_when_another_checkpoint_is_routed_to_us(fresh_webui, exported,
     sd_unet.apply_unet()
     shared.sd_model = StubSdModel("tiny-sd1", "models/Stable-diffusion/refiner.safetensors")
     p, processed = run(extension, steps=1)
-    assert "no cpu export for refiner.safetensors" in processed.infotexts[0]
+    assert "no CPU artefact for refiner.safetensors" in processed.infotexts[0]
 
 
 # -- fp16 VAE -------------------------------------------------------------------------------------

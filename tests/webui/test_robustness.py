@@ -85,7 +85,7 @@ def made_by_pytorch(p, processed, reason: str) -> None:
 
 
 def made_by_ort(processed, exported) -> None:
-    assert f"ORT Turbo: {exported['id']} (cpu)" in processed.infotexts[0], processed.infotexts[0]
+    assert f"ORT Turbo: {exported['id']} (CPU)" in processed.infotexts[0], processed.infotexts[0]
 
 
 def registry_valid(*ids) -> None:
@@ -204,7 +204,7 @@ def test_any_exception_while_binding_is_a_fallback_not_a_failed_job(fresh_webui,
     monkeypatch.setattr(service, "find_artefact", broken)
     shared.opts.data["sd_unet"] = LABEL
     p, processed = run(extension, steps=1)
-    made_by_pytorch(p, processed, "ONNX Runtime could not load the export (KeyError: 'checkpoint')")
+    made_by_pytorch(p, processed, "ONNX Runtime could not load the artefact (KeyError: 'checkpoint')")
     assert isinstance(sd_unet.current_unet, OrtTurboUnet)
 
 
@@ -240,7 +240,7 @@ def test_deleting_the_artefact_a_generation_is_using(client, exported, extension
         processed = run_job(p)
         assert deleted[0].status_code == 200
         text = processed.infotexts[0]
-        assert parse_generation_parameters(text)["ORT Turbo"].startswith("partly PyTorch: no cpu export"), text  # step 1 on ORT, then PyTorch, said so
+        assert parse_generation_parameters(text)["ORT Turbo"].startswith("partly PyTorch: no CPU artefact"), text  # step 1 on ORT, then PyTorch, said so
         assert processed.images and torch.isfinite(processed.images[0]).all()
         registry_valid()
         assert exported["id"] not in [r["id"] for r in client.get("/ort-turbo/v1/artefacts").json()]
@@ -258,7 +258,7 @@ def test_switching_checkpoint_while_a_session_is_loaded(fresh_webui, exported, e
         sd_unet.apply_unet()
         p, processed = run(extension, steps=1)
         if model is other:
-            made_by_pytorch(p, processed, "no cpu export for other.safetensors")
+            made_by_pytorch(p, processed, "no CPU artefact for other.safetensors")
         else:
             made_by_ort(processed, exported)
 
@@ -362,7 +362,7 @@ def test_two_exports_at_once_the_second_is_refused(client, exported, monkeypatch
         release.set()
         worker.join(300)
     assert second.status_code == 409 and second.json()["detail"].startswith("an export is already running")
-    assert "for cpu" in second.json()["detail"]
+    assert "for CPU" in second.json()["detail"]
     assert vae.status_code == 409 and "an export is already running" in vae.json()["detail"]
     assert first["r"].status_code == 200, first["r"].text
     registry_valid(exported["id"])

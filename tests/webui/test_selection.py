@@ -95,5 +95,7 @@ def test_tab_and_accordion_build_with_the_webuis_gradio(extension, exported):
         components = ui.build_accordion(is_img2img=False, preset=ui.TurboPreset("txt2img"))
     assert len(components) == 1 and isinstance(components[0], gr.Checkbox)
     rows, ids = ui._table()
-    valid = [header for header, _ in ui.COLUMNS].index("valid")
-    assert exported["id"] in ids and rows[ids.index(exported["id"])][valid] == "yes"
+    headers = [header for header, _ in ui.COLUMNS]
+    row = rows[ids.index(exported["id"])]
+    assert row[headers.index("valid")] == "yes"
+    assert row[headers.index("provider")] == "CPU"  # the label a user reads; the manifest keeps the key

@@ -87,7 +87,7 @@ def test_decode_runs_on_ort_while_ort_turbo_is_the_sd_unet(webui, extension, vae
     shared.opts.data["sd_unet"] = LABEL
     p, ours = run(extension, batch_size=2, steps=1, cfg_scale=1.0, seed=3)
     assert webui["decoder"] == 0  # no PyTorch decode at all
-    assert f"ORT Turbo VAE: {vae_exported['id']} (cpu)" in ours.infotexts[0]
+    assert f"ORT Turbo VAE: {vae_exported['id']} (CPU)" in ours.infotexts[0]
     assert no_patch_left(vae_model)
 
     shared.opts.data["sd_unet"] = "None"
@@ -153,8 +153,8 @@ def test_a_vae_picked_in_the_dropdown_is_not_served_by_the_checkpoints_vae_artef
     p, processed = run(extension, steps=1, cfg_scale=1.0)
     assert webui["decoder"] == 1
     # what ran in the infotext, in a form that pastes back as it was written; the advice under the image
-    assert parse_generation_parameters(processed.infotexts[0])["ORT Turbo VAE"] == "PyTorch (no export)"
-    assert any("no cpu VAE export for other-vae.safetensors" in c for c in p.comments)
+    assert parse_generation_parameters(processed.infotexts[0])["ORT Turbo VAE"] == "PyTorch (no artefact)"
+    assert any("no CPU VAE artefact for other-vae.safetensors" in c for c in p.comments)
 
 
 def test_img2img_encode_runs_on_ort_with_the_same_posterior(webui, extension, vae_model):
@@ -285,7 +285,7 @@ def test_live_previews_decode_from_the_progress_thread_while_the_job_runs(webui,
     assert not errors.exception_records  # a failed preview is only recorded by the WebUI: look there
     assert shared.state.id_live_preview >= 2 and torch.isfinite(shared.state.current_image).all()
     assert webui["decoder"] == 0  # the previews and the image all decoded on ONNX Runtime
-    assert f"ORT Turbo VAE: {vae_exported['id']} (cpu)" in processed.infotexts[0]
+    assert f"ORT Turbo VAE: {vae_exported['id']} (CPU)" in processed.infotexts[0]
     assert no_patch_left(vae_model)
     # a preview after the job uses the WebUI's own decode again
     shared.state.sampling_step += 1
