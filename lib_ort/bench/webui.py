@@ -118,12 +118,26 @@ def _time_grid(url, batches, steps, width, height, seed, runs, warmup, timeout, 
                     row.update(request_s=round(median, 3), spread_s=[round(min(samples), 3), round(max(samples), 3)],
                                images_per_s=round(batch / median, 4),
                                spread_images_per_s=[round(batch / max(samples), 4), round(batch / min(samples), 4)])
-                    fallback = re.search(r"ORT Turbo: PyTorch fallback: ([^,]*)", info)
-                    if sd_unet == "ORT Turbo" and (fallback or "ORT Turbo: " not in info):
-                        row["error"] = "PyTorch ran: " + (fallback.group(1) if fallback else "no ORT Turbo infotext")
+                    ran = _ort_turbo_value(info)
+                    if sd_unet == "ORT Turbo" and (ran is None or "PyTorch" in ran):
+                        row["error"] = "PyTorch ran: " + (ran.split(": ", 1)[-1] if ran else "no ORT Turbo infotext")
                         row["images_per_s"] = None
                 except RuntimeError as exc:
                     row["error"] = str(exc)
                 rows.append(row)
                 done += 1
     return rows
+
+
+def _ort_turbo_value(infotext: str) -> str | None:
+    """The ``ORT Turbo`` value of an infotext; the WebUI quotes values with a comma or colon (JSON-style)."""
+    found = re.search(r'(?:^|, )ORT Turbo: ("(?:[^"\\]|\\.)*"|[^,]*)', infotext)
+    if found is None:
+        return None
+    value = found.group(1)
+    if value.startswith('"'):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value.strip('"')
+    return value

@@ -39,7 +39,10 @@ class FakeWebUI(BaseHTTPRequestHandler):
         ours = body["override_settings"]["sd_unet"] == "ORT Turbo"
         text = "Steps: 1, ORT Turbo: abc-cpu-fp32 (CPU)" if ours else "Steps: 1"
         if ours and body["batch_size"] == 4:
-            text = "Steps: 1, ORT Turbo: PyTorch fallback: batch 8 is outside"
+            # the WebUI quotes a value with a colon or comma (infotext_utils.quote)
+            text = 'Steps: 1, ORT Turbo: "PyTorch fallback: batch 8 is outside 1-4, for this artefact", Seed: 1'
+        if ours and body["batch_size"] == 1 and body["steps"] == 4:
+            text = 'Steps: 4, ORT Turbo: "partly PyTorch: an ONNX Runtime error", ORT Turbo CFG-free: True'
         self._answer({"images": [], "info": json.dumps({"infotexts": [text]})})
 
     def log_message(self, *args):
@@ -66,8 +69,9 @@ def test_webui_bench_sends_the_blog_settings_and_reports_fallbacks(tmp_path, cap
                                                                                             "SGM Uniform", 512)
     assert first["alwayson_scripts"] == {"ort turbo": {"args": [False]}}
     ort = [r for r in result["rows"] if r["config"] == "ORT Turbo"]
-    assert all(r["images_per_s"] for r in ort if r["batch"] == 1)
-    assert all(r["error"].startswith("PyTorch ran: batch 8") for r in ort if r["batch"] == 4)
+    assert all(r["images_per_s"] for r in ort if r["batch"] == 1 and r["steps"] == 1)
+    assert all(r["error"] == "PyTorch ran: batch 8 is outside 1-4, for this artefact" for r in ort if r["batch"] == 4)
+    assert all(r["error"] == "PyTorch ran: an ONNX Runtime error" for r in ort if r["batch"] == 1 and r["steps"] == 4)
     assert (tmp_path / "webui-e2e.png").exists() and (tmp_path / "webui-e2e.md").exists()
 
 
