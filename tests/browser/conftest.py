@@ -15,6 +15,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -98,11 +99,14 @@ def webui(tmp_path_factory):
                         show_api=False)
     yield type("Webui", (), {"url": f"http://127.0.0.1:{port}/", "received": received, "model": model,
                              "extension": extension, "scripts": scripts})
-    demo.close()
+    closing = threading.Thread(target=demo.close, daemon=True)
+    closing.start()
+    closing.join(30)  # a connection left open must not hang the run; the process exit ends the server
 
 
 @pytest.fixture(scope="session")
-def browser():
+def browser(webui):
+    """Depends on ``webui`` so it closes first: uvicorn's shutdown waits for the page's open connections."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
