@@ -1,0 +1,1 @@
+"""Stand-in of ``sgm.modules`` (the real one also exports ``GeneralConditioner``, which the tests do not need)."""
