@@ -113,7 +113,7 @@ def main(real_root: str) -> int:
                   f"with the export's SDPA attention {diff_sdpa:.3g}, SDPA-real vs real {float((ref_sdpa - ref).abs().max()):.3g}")
             if diff > 1e-5 or diff_sdpa > 1e-5:
                 failures.append(f"{name} {(b, h, w, s)}: outputs differ by {diff}, {diff_sdpa}")
-        _check_export(real, name, failures)
+        _check_export(real, ours, name, failures)
 
     _check_xformers_class(real_mod, ours_mod, build, failures)
     print("FAILED:\n  " + "\n  ".join(failures) if failures else "all checks passed")
@@ -152,8 +152,10 @@ def _check_xformers_class(real_mod, ours_mod, build, failures):
         real_attention.XFORMERS_IS_AVAILABLE = ours_attention.XFORMERS_IS_AVAILABLE = False
 
 
-def _check_export(real, name, failures):
-    """lib_ort exports the real sgm model; ONNX Runtime's output matches the real torch forward."""
+def _check_export(real, ours, name, failures):
+    """lib_ort exports the real sgm model; ONNX Runtime's output matches the real torch forward, and the
+    stand-in's export is the same graph (node by node: op types, in order), so ORT fuses both alike."""
+    import onnx
     import onnxruntime as ort
 
     from lib_ort.bench.architectures import example_inputs
@@ -161,6 +163,13 @@ def _check_export(real, name, failures):
 
     with tempfile.TemporaryDirectory() as tmp:
         result = export_unet(real, Path(tmp) / "export")
+        ours_path = export_unet(ours, Path(tmp) / "ours").model_path
+        real_ops, ours_ops = ([n.op_type for n in onnx.load(str(p), load_external_data=False).graph.node]
+                              for p in (result.model_path, ours_path))
+        print(f"  exported graphs: {len(real_ops)} nodes (real), {len(ours_ops)} (stand-in); same op sequence: "
+              f"{real_ops == ours_ops}")
+        if real_ops != ours_ops:
+            failures.append(f"{name}: the stand-in's export is another graph")
         session = ort.InferenceSession(str(result.model_path), providers=["CPUExecutionProvider"])
         inputs = example_inputs(real, 2, 16, 8, 154, seed=7)
         with torch.no_grad():

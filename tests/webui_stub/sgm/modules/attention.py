@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from ldm.modules.attention import FeedForward, Normalize, zero_module
 from torch import nn
 
@@ -160,18 +161,19 @@ class SpatialTransformer(nn.Module):
 
     def forward(self, x, context=None):
         contexts = context if isinstance(context, list) else [context]
-        batch, channels, height, width = x.shape
+        height, width = x.shape[2:]
         h = self.norm(x)
         if not self.use_linear:
             h = self.proj_in(h)
-        h = h.flatten(2).transpose(1, 2).contiguous()  # [batch, tokens, features]
+        # einops, as sgm: its shape arithmetic is part of the traced graph that ORT's fusions walk
+        h = rearrange(h, "b c h w -> b (h w) c").contiguous()
         if self.use_linear:
             h = self.proj_in(h)
         for i, block in enumerate(self.transformer_blocks):
             h = block(h, context=contexts[i if len(contexts) > 1 else 0])
         if self.use_linear:
             h = self.proj_out(h)
-        h = h.transpose(1, 2).reshape(batch, -1, height, width).contiguous()
+        h = rearrange(h, "b (h w) c -> b c h w", h=height, w=width).contiguous()
         if not self.use_linear:
             h = self.proj_out(h)
         return h + x
