@@ -152,6 +152,19 @@ def _check_xformers_class(real_mod, ours_mod, build, failures):
         real_attention.XFORMERS_IS_AVAILABLE = ours_attention.XFORMERS_IS_AVAILABLE = False
 
 
+def _wiring(graph):
+    """Each node as its op type and, per input slot, the op type of what feeds it (operand order matters to
+    ORT's fusions: e.g. BiasAdd matches Add(feed-forward, skip) and not Add(skip, feed-forward))."""
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    graph_inputs = {i.name for i in graph.input}
+    weights = {t.name for t in graph.initializer}
+
+    def source(name):
+        return producer.get(name) or ("input" if name in graph_inputs else "weight" if name in weights else name)
+
+    return [(n.op_type, tuple(source(i) for i in n.input)) for n in graph.node]
+
+
 def _check_export(real, ours, name, failures):
     """lib_ort exports the real sgm model; ONNX Runtime's output matches the real torch forward, and the
     stand-in's export is the same graph (node by node: op types, in order), so ORT fuses both alike."""
@@ -164,10 +177,10 @@ def _check_export(real, ours, name, failures):
     with tempfile.TemporaryDirectory() as tmp:
         result = export_unet(real, Path(tmp) / "export")
         ours_path = export_unet(ours, Path(tmp) / "ours").model_path
-        real_ops, ours_ops = ([n.op_type for n in onnx.load(str(p), load_external_data=False).graph.node]
+        real_ops, ours_ops = (_wiring(onnx.load(str(p), load_external_data=False).graph)
                               for p in (result.model_path, ours_path))
-        print(f"  exported graphs: {len(real_ops)} nodes (real), {len(ours_ops)} (stand-in); same op sequence: "
-              f"{real_ops == ours_ops}")
+        print(f"  exported graphs: {len(real_ops)} nodes (real), {len(ours_ops)} (stand-in); same nodes, in order, "
+              f"with the same producers in each input slot: {real_ops == ours_ops}")
         if real_ops != ours_ops:
             failures.append(f"{name}: the stand-in's export is another graph")
         session = ort.InferenceSession(str(result.model_path), providers=["CPUExecutionProvider"])

@@ -125,11 +125,12 @@ class BasicTransformerBlock(nn.Module):
         self.checkpoint = checkpoint  # gradient checkpointing: no effect on the forward's values
 
     def forward(self, x, context=None, additional_tokens=None, n_times_crossframe_attn_in_self=0):
+        # each residual is the second operand, as in sgm: ORT's BiasAdd fusion matches Add(ff, skip) only
         self_context = context if self.disable_self_attn else None
-        x = x + self.attn1(self.norm1(x), context=self_context, additional_tokens=additional_tokens,
-                           n_times_crossframe_attn_in_self=0 if self.disable_self_attn else n_times_crossframe_attn_in_self)
-        x = x + self.attn2(self.norm2(x), context=context, additional_tokens=additional_tokens)
-        return x + self.ff(self.norm3(x))
+        x = self.attn1(self.norm1(x), context=self_context, additional_tokens=additional_tokens,
+                       n_times_crossframe_attn_in_self=0 if self.disable_self_attn else n_times_crossframe_attn_in_self) + x
+        x = self.attn2(self.norm2(x), context=context, additional_tokens=additional_tokens) + x
+        return self.ff(self.norm3(x)) + x
 
 
 class SpatialTransformer(nn.Module):
