@@ -13,6 +13,7 @@ from lib_ort.webui.api import add_routes
 
 shared.options_templates.update(settings.option_templates(shared, gr))
 script_callbacks.on_list_unets(unet.list_unets)
+script_callbacks.on_model_loaded(unet.model_loaded_mid_job)
 script_callbacks.on_ui_tabs(lambda: [(ui.build_tab(), "ORT Turbo", "ort_turbo")])
 script_callbacks.on_app_started(lambda demo, app: add_routes(app))
 script_callbacks.on_after_component(ui.refresh_when_shown)
@@ -52,7 +53,7 @@ class OrtTurboScript(scripts.Script):
         job.before_batch(p, unet.is_ours_active(), sd_unet.current_unet)
 
     def postprocess_batch(self, p, *args, **kwargs):
-        job.after_batch(p)
+        job.after_batch(p, unet.is_ours_active())
         ort_vae.after_batch(p)
 
     def postprocess(self, p, processed, *args):

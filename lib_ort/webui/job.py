@@ -116,7 +116,12 @@ class Job:
         self.ort_calls = 0
         self.fallback_calls = 0
         self.reasons: list[str] = []
-        self.artefact = None
+        #: the artefacts that served this job, in order (a refiner switch brings its checkpoint's own)
+        self.artefacts: list = []
+        #: between ``start_job`` and its end: a checkpoint loaded now is loaded mid-job (the refiner)
+        self.running = False
+        #: the loaded checkpoint's title and whether an ORT Turbo UNet served it, when the batch started
+        self.batch_start: tuple[str, bool] | None = None
         self.options: OptionScope | None = None
         self.vae: VaeScope | None = None
         self.sd_model = None
@@ -129,7 +134,8 @@ class Job:
 
     def ran_on_ort(self, artefact) -> None:
         self.ort_calls += 1
-        self.artefact = artefact
+        if all(a.id != artefact.id for a in self.artefacts):
+            self.artefacts.append(artefact)
 
     def fell_back(self, reason: str) -> None:
         self.fallback_calls += 1
@@ -142,12 +148,13 @@ class Job:
             prefix = "PyTorch fallback" if not self.ort_calls else "partly PyTorch"
             return f"{prefix}: {'; '.join(self.reasons)}"
         if self.ort_calls:
-            return f"{self.artefact.id} ({providers.label(self.artefact.ep)})"
+            return " + ".join(f"{a.id} ({providers.label(a.ep)})" for a in self.artefacts)
         return None
 
     def restore(self) -> None:
         """Put back everything this job changed (idempotent): on ``p.close`` (finish, failure,
         interruption), at the next job's start and when the extension is unloaded."""
+        self.running = False
         if self.vae_route is not None:
             self.vae_route.restore()
             self.vae_route = None
@@ -171,6 +178,7 @@ def start_job(p, cfg_free: bool) -> Job:
     current_job().restore()
     job = service.state.job = Job()
     job.sd_model = shared.sd_model
+    job.running = True
     # first: the WebUI reports a raising hook and goes on, so whatever is set below must still be undone
     job.unwrap_close = run_on_close(p, job.restore)
     values = {}
@@ -240,8 +248,14 @@ def forced_fallback_reason(p) -> str | None:
     return None
 
 
+def _checkpoint_title() -> str:
+    info = getattr(shared.sd_model, "sd_checkpoint_info", None)
+    return getattr(info, "title", None) or "the loaded checkpoint"
+
+
 def before_batch(p, ours_active: bool, unet) -> None:
     job = current_job()
+    job.batch_start = (_checkpoint_title(), ours_active)
     if not ours_active:
         return
     unet.recheck()
@@ -261,8 +275,27 @@ def pasted_cfg_free(params: dict):
     return str(params[INFOTEXT_CFG_FREE]) == "True"
 
 
-def after_batch(p) -> None:
+def note_checkpoint_switch(job: Job, ours_active: bool) -> None:
+    """A checkpoint loaded during the batch (the refiner) and only one of the two served by an ORT Turbo UNet:
+    the other's steps ran on PyTorch, and the infotext says so rather than naming only the artefact.
+
+    With SD Unet "ORT Turbo" both are ours (a checkpoint without an artefact falls back call by call, with its
+    reason); this covers "Automatic", which picks ORT Turbo only for a checkpoint that has an artefact."""
+    if job.batch_start is None:
+        return
+    start_title, start_ours = job.batch_start
+    title = _checkpoint_title()
+    if title == start_title or start_ours == ours_active:
+        return
+    unserved = start_title if ours_active else title
+    option = getattr(shared.opts, "sd_unet", "Automatic")
+    job.fell_back(f"{unserved} ran on the PyTorch UNet (SD Unet '{option}' chose no ORT Turbo UNet for it: "
+                  f"no {providers.label(service.provider())} artefact)")
+
+
+def after_batch(p, ours_active: bool) -> None:
     job = current_job()
+    note_checkpoint_switch(job, ours_active)
     text = job.infotext()
     if text is not None:
         p.extra_generation_params[INFOTEXT_KEY] = text

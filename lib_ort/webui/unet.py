@@ -55,6 +55,23 @@ def is_ours_active() -> bool:
     return isinstance(sd_unet.current_unet, OrtTurboUnet)
 
 
+def model_loaded_mid_job(sd_model) -> None:
+    """``on_model_loaded``: a checkpoint loaded while a job runs (the refiner) gets the SD Unet applied again.
+
+    The WebUI's refiner switch goes through ``reload_model_weights``, which first sets the SD Unet to "None";
+    when the refiner has another config than the base (SDXL base -> refiner always has), it loads the model
+    anew and never applies the SD Unet again, so the refiner's steps would run on PyTorch while the
+    infotext named the base's artefact. Applied here, the chosen option follows the new checkpoint: its own
+    artefact, or a PyTorch fallback with the reason. Outside a job the WebUI applies it itself at the next
+    generation. Never raises (the WebUI reports a failing callback and goes on loading)."""
+    if not current_job().running:
+        return
+    try:
+        sd_unet.apply_unet()
+    except Exception as exc:
+        service.log(f"could not apply the SD Unet to the checkpoint loaded mid-job ({type(exc).__name__}: {exc})")
+
+
 class OrtTurboUnet(sd_unet.SdUnet):
     def __init__(self):
         super().__init__()

@@ -17,6 +17,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "webui_stub"))
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
 
 from modules import devices, errors, sd_unet, shared  # noqa: E402
 from modules.sd_models import CheckpointInfo  # noqa: E402
@@ -24,6 +25,7 @@ from modules.sd_models import CheckpointInfo  # noqa: E402
 from lib_ort.bench.architectures import build_unet  # noqa: E402
 from lib_ort.describe import state_dict_digest  # noqa: E402
 from lib_ort.optimize import Toolchain  # noqa: E402
+from sgm_unets import CONFIGS as SGM_CONFIGS, build_sgm_unet  # noqa: E402
 
 TOOLCHAIN_PYTHON = os.environ.get("ORT_TURBO_TOOLCHAIN_PYTHON", str(REPO / ".venv" / "bin" / "python"))
 
@@ -39,21 +41,49 @@ class StubVae(torch.nn.Module):
 
 
 class StubSdModel:
-    """The loaded checkpoint as the extension sees it: a real ldm UNet behind the WebUI's routing."""
+    """The loaded checkpoint as the extension sees it: a real ldm UNet (SD1/SD2) or the sgm stand-in's UNet
+    (SDXL base and refiner, ``tiny-sgm-*``) behind the WebUI's routing."""
 
-    def __init__(self, arch: str, filename: str):
-        self.unet = build_unet(arch, seed=0)
+    def __init__(self, arch: str, filename: str, seed: int = 0):
+        sgm = arch in SGM_CONFIGS
+        self.unet = build_sgm_unet(arch, seed=seed) if sgm else build_unet(arch, seed=seed)
         self.model = types.SimpleNamespace(diffusion_model=self.unet)
         self.sd_checkpoint_info = CheckpointInfo(filename, state_dict_digest(self.unet))
         self.first_stage_model = StubVae().to(devices.dtype_vae)
         self.inpaint = self.unet.in_channels == 9
-        self.is_sdxl = False
+        self.is_sdxl = sgm
         self.lowvram = False  # the WebUI sets it at load: True under --lowvram/--medvram
-        self.context_dim = 96 if "sd2" in arch else 64
+        if sgm:
+            config = SGM_CONFIGS[arch]
+            width = config["context_dim"]
+            self.context_dim = width if isinstance(width, int) else width[0]
+            self.refiner = config["adm_in_channels"] == 2560
+            self.used_config = "sd_xl_refiner.yaml" if self.refiner else "sd_xl_base.yaml"
+        else:
+            self.context_dim = 96 if "sd2" in arch else 64
+            self.used_config = "v2-inference.yaml" if "sd2" in arch else "v1-inference.yaml"
         self.rows_per_call: list[int] = []
+        self.vectors: list[torch.Tensor] = []  # the 'vector' cond of each UNet call (SDXL)
 
-    def encode(self, batch, length, generator):
-        return torch.randn(batch, length, self.context_dim, generator=generator)
+    def encode(self, batch, length, generator, negative=False):
+        text = torch.randn(batch, length, self.context_dim, generator=generator)
+        if not self.is_sdxl:
+            return text
+        return self.sdxl_conditioning(text, torch.randn(batch, 1280, generator=generator), negative)
+
+    def sdxl_conditioning(self, text, pooled, negative, height=1024, width=1024, crop=(0, 0)):
+        """What ``sd_models_xl.get_learned_conditioning`` gets from sgm's GeneralConditioner: 'crossattn' (the
+        text encoders' hidden states) and 'vector' (OpenCLIP-G's pooled output, then each size number as a
+        256-wide sinusoidal embedding: original size, crop, and the target size for the base, the aesthetic
+        score for the refiner: 1280 + 6 * 256 = 2816, 1280 + 5 * 256 = 2560)."""
+        from ldm.modules.diffusionmodules.util import timestep_embedding
+
+        rows = text.shape[0]
+        numbers = [[height, width], list(crop)]
+        numbers.append([2.5 if negative else 6.0] if self.refiner else [height, width])  # the WebUI's aesthetic scores
+        sizes = [timestep_embedding(torch.tensor(n, dtype=torch.float32).repeat(rows, 1).flatten(), 256).reshape(rows, -1)
+                 for n in numbers]
+        return {"crossattn": text, "vector": torch.cat([pooled, *sizes], dim=1)}
 
     def denoise(self, x, sigma, cond, image_cond):
         """k-diffusion's CompVisDenoiser: scale the input, fractional t, eps -> denoised."""
@@ -64,19 +94,26 @@ class StubSdModel:
             x_in = torch.cat([x_in, image_cond], dim=1)
         t = sigma * 60.0
         with torch.no_grad():
-            eps = self.unet(x_in, t, context=cond)
+            if isinstance(cond, dict):  # sgm's OpenAIWrapper: context from 'crossattn', y from 'vector'
+                self.vectors.append(cond["vector"])
+                eps = self.unet(x_in, t, context=cond["crossattn"], y=cond["vector"])
+            else:
+                eps = self.unet(x_in, t, context=cond)
         return x - eps * s
 
 
 @pytest.fixture(scope="session", autouse=True)
 def webui_routing():
-    """What sd_hijack does: route the ldm UNetModel class's forward through sd_unet."""
+    """What sd_hijack does: route the ldm and sgm UNetModel classes' forward through sd_unet."""
     from ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from sgm.modules.diffusionmodules.openaimodel import UNetModel as SgmUNetModel
 
-    original = UNetModel.forward
-    UNetModel.forward = sd_unet.create_unet_forward(original)
+    originals = {cls: cls.forward for cls in (UNetModel, SgmUNetModel)}
+    for cls, forward in originals.items():
+        cls.forward = sd_unet.create_unet_forward(forward)
     yield
-    UNetModel.forward = original
+    for cls, forward in originals.items():
+        cls.forward = forward
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ class StableDiffusionProcessing:
     def __init__(self, scripts, batch_size=1, steps=1, cfg_scale=1.0, width=64, height=64, seed=0, n_iter=1,
                  override_settings=None, extra_network_data=None, prompt_len=77, init_images=None,
                  enable_hr=False, fail_at_step=None, prompt="", negative_prompt="", sampler_name=None,
-                 scheduler=None):
+                 scheduler=None, refiner_checkpoint=None, refiner_switch_at=None):
         self.scripts = scripts
         self.batch_size, self.steps, self.cfg_scale = batch_size, steps, cfg_scale
         self.width, self.height, self.seed, self.n_iter = width, height, seed, n_iter
@@ -39,6 +39,9 @@ class StableDiffusionProcessing:
         self.fail_at_step = fail_at_step
         self.prompt, self.negative_prompt = prompt, negative_prompt
         self.sampler_name, self.scheduler = sampler_name, scheduler
+        self.refiner_checkpoint, self.refiner_switch_at = refiner_checkpoint, refiner_switch_at
+        self.refiner_checkpoint_info = None
+        self.cond = self.uncond = None
         self.step_callback = None  # tests: run something between two sampling steps
         self.closed = False
         self.sd_model = shared.sd_model
@@ -52,6 +55,13 @@ class StableDiffusionProcessing:
     def close(self):
         self.closed = True
 
+    def setup_conds(self, generator=None):
+        """The prompt's and the negative prompt's conds from the loaded model (again after a refiner switch)."""
+        g = generator or torch.Generator().manual_seed(self.seed + 1)
+        model = shared.sd_model
+        self.cond = model.encode(self.batch_size, self.prompt_len, g)
+        self.uncond = model.encode(self.batch_size, self.prompt_len, g, negative=True)
+
     def sample(self):
         """Euler over sigmas from 14.6 to 0 through the CFG denoiser, as k-diffusion's sampler does."""
         model = shared.sd_model
@@ -60,8 +70,8 @@ class StableDiffusionProcessing:
         b = self.batch_size
         sigmas = torch.linspace(14.6, 0.0, self.steps + 1)
         x = torch.randn(b, 4, h, w, generator=g) * sigmas[0]
-        cond = model.encode(b, self.prompt_len, g)
-        uncond = model.encode(b, self.prompt_len, g)
+        self.setup_conds(g)
+        cond, uncond = self.cond, self.uncond
         image_cond = torch.randn(b, 5, h, w, generator=g) if model.inpaint else None
         denoiser = CFGDenoiser(model.denoise, self.steps, p=self)
         for i in range(self.steps):
@@ -155,6 +165,13 @@ def _decode(samples):
 
 
 def process_images_inner(p):
+    from modules import sd_models
+
+    if p.refiner_checkpoint not in (None, "", "None", "none"):
+        model = sd_models.loadable_models.get(p.refiner_checkpoint)
+        if model is None:
+            raise Exception(f"Could not find checkpoint with name {p.refiner_checkpoint}")
+        p.refiner_checkpoint_info = model.sd_checkpoint_info
     p.scripts.process(p)
     _init(p)
     sd_unet.apply_unet()

@@ -29,6 +29,17 @@ def on_model_loaded(fn):
     _add("model_loaded", fn)
 
 
+def model_loaded_callback(sd_model):
+    """After a checkpoint is loaded (also mid-job, by the refiner switch): one raising is reported, not fatal."""
+    from modules import errors
+
+    for fn in callbacks["model_loaded"]:
+        try:
+            fn(sd_model)
+        except Exception:
+            errors.report(f"Error executing callback model_loaded_callback for {fn}", exc_info=True)
+
+
 def on_after_component(fn):
     _add("after_component", fn)
 

@@ -1,8 +1,36 @@
-"""Stand-in of the parts of modules/sd_models.py ORT Turbo reads: CheckpointInfo."""
+"""Stand-in of the parts of modules/sd_models.py ORT Turbo meets: CheckpointInfo and the refiner's
+``reload_model_weights``."""
 
 import os
 
 checkpoints_list = {}  # title -> CheckpointInfo, as the WebUI lists models/Stable-diffusion
+#: what loading a checkpoint file gives (filename -> the stand-in's model object): set by the tests
+loadable_models = {}
+
+
+def reload_model_weights(sd_model=None, info=None):
+    """Switch to the checkpoint ``info`` with the SD Unet routing of v1.10.1 (sd_models.py:940-1002).
+
+    The SD Unet is set to "None" first. A checkpoint of another config (SDXL base -> refiner) is then created
+    anew by ``load_model``, which runs the model-loaded callbacks and does NOT apply the SD Unet again; one of
+    the same config gets the new weights, the callbacks, and ``apply_unet()``. (The stand-in swaps model
+    objects where the WebUI loads weights into the same one; the cache of ``sd_checkpoints_limit`` > 1 is
+    not modelled.)
+    """
+    from modules import script_callbacks, sd_unet, shared
+
+    current = sd_model or shared.sd_model
+    if current is not None and current.sd_checkpoint_info.filename == info.filename:
+        return current
+    target = loadable_models[info.filename]
+    if current is not None:
+        sd_unet.apply_unet("None")
+    shared.sd_model = target
+    script_callbacks.model_loaded_callback(target)
+    if current is None or target.used_config != current.used_config:
+        return target  # load_model: no apply_unet
+    sd_unet.apply_unet()
+    return target
 
 
 class CheckpointInfo:
@@ -15,3 +43,4 @@ class CheckpointInfo:
         self.sha256 = sha256
         self.shorthash = sha256[:10] if sha256 else None
         self.title = f"{relative} [{self.shorthash}]"
+        self.short_title = self.name_for_extra if self.shorthash is None else f"{self.name_for_extra} [{self.shorthash}]"

@@ -9,6 +9,28 @@ import torch
 
 from modules import devices, shared
 
+def apply_refiner(cfg_denoiser, sigma=None):
+    """Switch to the refiner once ``refiner_switch_at`` of the steps are done (sd_samplers_common.py:158-199,
+    the "by sampling steps" ratio); True when it switched, after the conds were made with the refiner."""
+    from modules import sd_models
+
+    p = cfg_denoiser.p
+    completed_ratio = cfg_denoiser.step / cfg_denoiser.total_steps
+    p.extra_generation_params["Refiner switch by sampling steps"] = True
+    info = getattr(p, "refiner_checkpoint_info", None)
+    if p.refiner_switch_at is not None and completed_ratio < p.refiner_switch_at:
+        return False
+    if info is None or shared.sd_model.sd_checkpoint_info == info:
+        return False
+    p.extra_generation_params["Refiner"] = info.short_title
+    p.extra_generation_params["Refiner switch at"] = p.refiner_switch_at
+    sd_models.reload_model_weights(info=info)
+    devices.torch_gc()
+    p.setup_conds()
+    cfg_denoiser.update_inner_model()
+    return True
+
+
 approximation_indexes = {"Full": 0, "Approx NN": 1, "Approx cheap": 2, "TAESD": 3}
 
 
