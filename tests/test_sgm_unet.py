@@ -23,6 +23,7 @@ from lib_ort.graph import initializer_types, io_types, op_counts
 from lib_ort.pipeline import ensure_export, prepare
 from lib_ort.unet import OrtUnet
 from sgm_unets import CONFIGS, attention_layers, build_sgm_unet
+from test_export import _feed
 from test_recipes import _time_embedding_types
 
 TINY_SGM = ("tiny-sgm-sdxl", "tiny-sgm-refiner")
@@ -56,6 +57,17 @@ def sgm_artefact(shared_registry):
         return prepare(sgm_model(name), shared_registry, _checkpoint(name), ep).artefact
 
     return get
+
+
+def assert_parity(name, run):
+    """``run(inputs)`` (ONNX Runtime) against the torch model at several shapes, dynamic batch, size and length."""
+    model = sgm_model(name)
+    for b, h, w, s in SHAPES:
+        inputs = example_inputs(model, b, h, w, s, seed=b)
+        with torch.no_grad():
+            ref = model(**inputs)
+        rel = float((run(inputs) - ref).abs().max() / ref.abs().max())
+        assert rel <= 1e-4, (name, (b, h, w, s), rel)
 
 
 def layers(model):
@@ -179,11 +191,6 @@ def test_sdpa_covers_sgms_xformers_attention_class(monkeypatch):
 # -- export ---------------------------------------------------------------------------------------
 
 
-def _feed(inputs):
-    return {"sample": inputs["x"].numpy(), "timestep": inputs["timesteps"].numpy(),
-            "encoder_hidden_states": inputs["context"].numpy(), "y": inputs["y"].numpy()}
-
-
 @pytest.mark.parametrize("name", TINY_SGM)
 def test_sgm_export_takes_y_with_dynamic_axes_and_matches_torch(name, sgm_export):
     model = sgm_model(name)
@@ -198,12 +205,7 @@ def test_sgm_export_takes_y_with_dynamic_axes_and_matches_torch(name, sgm_export
     assert info["io"]["adm_dim"] == CONFIGS[name]["adm_in_channels"]
     assert info["family"] == describe_unet(model).family.value
     session = ort.InferenceSession(str(folder / MODEL_FILE), providers=["CPUExecutionProvider"])
-    for b, h, w, s in SHAPES:
-        inputs = example_inputs(model, b, h, w, s, seed=b)
-        with torch.no_grad():
-            ref = model(**inputs)
-        out = torch.from_numpy(session.run(None, _feed(inputs))[0])
-        assert float((out - ref).abs().max() / ref.abs().max()) <= 1e-4, (name, (b, h, w, s))
+    assert_parity(name, lambda inputs: torch.from_numpy(session.run(None, _feed(inputs))[0]))
     # y is an input of the graph, not a constant the trace baked in
     inputs = example_inputs(model, 2, 8, 8, 77, seed=5)
     changed = dict(inputs, y=inputs["y"] + 1.0)
@@ -228,12 +230,7 @@ def test_cpu_recipe_fuses_every_sgm_attention_layer_and_keeps_parity(name, sgm_a
     assert set(artefact.manifest["io_types"].values()) == {"FLOAT"}
     assert artefact.manifest["io"]["adm_dim"] == CONFIGS[name]["adm_in_channels"]
     unet = OrtUnet(artefact)
-    for b, h, w, s in SHAPES:
-        inputs = example_inputs(model, b, h, w, s, seed=b)
-        with torch.no_grad():
-            ref = model(**inputs)
-        out = unet(inputs["x"], inputs["timesteps"], inputs["context"], y=inputs["y"])
-        assert float((out - ref).abs().max() / ref.abs().max()) <= 1e-4, (name, (b, h, w, s))
+    assert_parity(name, lambda inputs: unet(inputs["x"], inputs["timesteps"], inputs["context"], y=inputs["y"]))
 
 
 def test_cuda_recipe_fuses_every_unet_pattern_of_sgm_into_fp16_with_an_fp32_time_embedding(sgm_artefact):

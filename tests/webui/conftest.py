@@ -17,7 +17,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "webui_stub"))
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.append(str(REPO / "tests"))  # tests/sgm_unets.py
 
 from modules import devices, errors, sd_unet, shared  # noqa: E402
 from modules.sd_models import CheckpointInfo  # noqa: E402
@@ -51,7 +51,7 @@ class StubSdModel:
         self.sd_checkpoint_info = CheckpointInfo(filename, state_dict_digest(self.unet))
         self.first_stage_model = StubVae().to(devices.dtype_vae)
         self.inpaint = self.unet.in_channels == 9
-        self.is_sdxl = sgm
+        self.is_sdxl = self.sgm = sgm  # a test may flag an SD2 model is_sdxl; its conds stay SD2's
         self.lowvram = False  # the WebUI sets it at load: True under --lowvram/--medvram
         if sgm:
             config = SGM_CONFIGS[arch]
@@ -67,7 +67,7 @@ class StubSdModel:
 
     def encode(self, batch, length, generator, negative=False):
         text = torch.randn(batch, length, self.context_dim, generator=generator)
-        if not self.is_sdxl:
+        if not self.sgm:
             return text
         return self.sdxl_conditioning(text, torch.randn(batch, 1280, generator=generator), negative)
 

@@ -71,7 +71,6 @@ class StableDiffusionProcessing:
         sigmas = torch.linspace(14.6, 0.0, self.steps + 1)
         x = torch.randn(b, 4, h, w, generator=g) * sigmas[0]
         self.setup_conds(g)
-        cond, uncond = self.cond, self.uncond
         image_cond = torch.randn(b, 5, h, w, generator=g) if model.inpaint else None
         denoiser = CFGDenoiser(model.denoise, self.steps, p=self)
         for i in range(self.steps):
@@ -80,7 +79,8 @@ class StableDiffusionProcessing:
             if self.fail_at_step == i:
                 raise RuntimeError("sampling failed on purpose")
             sigma = sigmas[i].expand(b)
-            denoised = denoiser.forward(x, sigma, uncond, cond, self.cfg_scale, image_cond)
+            # read at every step, as k-diffusion reads the sampler's extra args (the refiner switch replaces them)
+            denoised = denoiser.forward(x, sigma, self.uncond, self.cond, self.cfg_scale, image_cond)
             shared.state.sampling_step = i
             store_latent(denoised)  # a live preview may decode it now, from the progress API's thread
             x = x + (x - denoised) / sigmas[i] * (sigmas[i + 1] - sigmas[i])
