@@ -9,14 +9,18 @@ import torch
 
 from modules import devices, shared
 
+
 def apply_refiner(cfg_denoiser, sigma=None):
-    """Switch to the refiner once ``refiner_switch_at`` of the steps are done (sd_samplers_common.py:158-199,
-    the "by sampling steps" ratio); True when it switched, after the conds were made with the refiner."""
+    """Switch to the refiner once ``refiner_switch_at`` of the steps are done (sd_samplers_common.py:158-199);
+    True when it switched, after the conds were made with the refiner. The stand-in measures progress by
+    steps (the WebUI by default by sigma, the same order for its samplers), and writes the infotext's
+    "by sampling steps" entry only where the WebUI would: with that setting on."""
     from modules import sd_models
 
     p = cfg_denoiser.p
     completed_ratio = cfg_denoiser.step / cfg_denoiser.total_steps
-    p.extra_generation_params["Refiner switch by sampling steps"] = True
+    if getattr(shared.opts, "refiner_switch_by_sample_steps", False):
+        p.extra_generation_params["Refiner switch by sampling steps"] = True
     info = getattr(p, "refiner_checkpoint_info", None)
     if p.refiner_switch_at is not None and completed_ratio < p.refiner_switch_at:
         return False
