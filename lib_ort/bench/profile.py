@@ -25,6 +25,9 @@ from pathlib import Path
 
 import torch
 
+#: profiled calls per PyTorch path (see ``run_profile``); their wall times are the profiler's, so speed-ups
+#: come from ``bench``, unprofiled
+TORCH_PROFILED_CALLS = 1
 #: categories, in report order
 CATEGORIES = ("convolution", "matmul", "attention", "normalization", "layout/copy", "elementwise/other")
 #: where the FLOPs are counted (torch also counts element-wise adds and multiplies; they are left out)
@@ -247,7 +250,9 @@ def run_profile(arch: str, ep: str = "cpu", *, batch: int = 1, height: int | Non
     for name, forwards in baselines_for(model).items():
         report(0.2, f"{name} under torch's profiler")
         with baseline_context(model, forwards):
-            breakdowns.append(profile_torch(model, inputs, runs, warmup, config=name))
+            # one profiled call: torch's profiler keeps every op's record, and InvokeAI's sliced attention
+            # makes that ~3.7 GB per full-size SD-Turbo call (measured); 5 of them ran a 24 GB machine out
+            breakdowns.append(profile_torch(model, inputs, TORCH_PROFILED_CALLS, warmup, config=name))
     torch_count = len(breakdowns)
     feed_values = [t.numpy() for t in inputs.values()]
     graphs = []
@@ -272,7 +277,8 @@ def run_profile(arch: str, ep: str = "cpu", *, batch: int = 1, height: int | Non
         # the faster of the WebUI's PyTorch paths, and the most any fp32 graph can gain over it here
         "baseline": baseline, "max_speedup_over_baseline": round(baseline_ms / floor_ms, 2),
         "configs": [b.to_dict() for b in breakdowns],
-        "method": (f"{warmup} warm-up + {runs} profiled calls per configuration, times per call; categories "
+        "method": (f"{warmup} warm-up + {runs} profiled calls per ORT graph ({TORCH_PROFILED_CALLS} per PyTorch "
+                   "path), times per call; categories "
                    "from self time (torch) and node time (ORT); GFLOP counted from ORT's node shapes for "
                    "Conv/MatMul/Gemm/attention; floor = call GFLOP / the faster sgemm (torch or ONNX Runtime) "
                    "on the same threads"),
