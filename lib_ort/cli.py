@@ -190,13 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--python", help="interpreter of the Olive toolchain (default: this one)")
     p.add_argument("--json", action="store_true", help="print one JSON object (the default output too)")
     p.add_argument("--matrix", action="store_true",
-                   help="the blog's (batch, steps) grid: eager, unfused and recipe (and --compile), images/s, "
+                   help="the blog's (batch, steps) grid: the PyTorch paths, unfused and recipe (and --compile), images/s, "
                         "with a markdown table and a PNG chart in --out")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     p.add_argument("--steps", type=int, nargs="+", default=[1, 4])
     p.add_argument("--compile", action="store_true", help="with --matrix: also time torch.compile")
     p.add_argument("--profile", action="store_true",
-                   help="where one call's time goes: per-category time and GFLOP/s for eager, unfused and recipe, "
+                   help="where one call's time goes: per-category time and GFLOP/s for the PyTorch paths, unfused and recipe, "
                         "against this machine's sgemm rate (JSON + markdown in --out)")
     p.add_argument("--out", type=Path, default=Path("bench-out"), help="with --matrix/--profile: report folder")
     p.set_defaults(func=cmd_bench)
