@@ -134,7 +134,8 @@ def cmd_webui_bench(args) -> dict:
     from .bench.webui import run_webui_bench
 
     result = run_webui_bench(args.url, batches=args.batches, steps=args.steps, width=args.width, height=args.height,
-                             seed=args.seed, runs=args.runs, warmup=args.warmup, out_dir=args.out,
+                             seed=args.seed, runs=args.runs, warmup=args.warmup, attention=args.attention,
+                             out_dir=args.out,
                              progress=_console_progress)
     print(result["files"]["table"], file=sys.stderr)
     return result
@@ -143,6 +144,7 @@ def cmd_webui_bench(args) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     from .bench.architectures import ARCHITECTURES
     from .bench.vae_architectures import VAES
+    from .bench.webui import ATTENTION
 
     parser = argparse.ArgumentParser(prog="python -m lib_ort", description=__doc__)
     parser.add_argument("--root", type=Path, default=None,
@@ -174,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.set_defaults(func=cmd_delete)
 
-    p = sub.add_parser("bench", help="time one UNet call, PyTorch eager vs ONNX Runtime")
+    p = sub.add_parser("bench", help="time one UNet call, the WebUI's PyTorch paths (SDPA, InvokeAI, ldm eager) vs ONNX Runtime")
     p.add_argument("--arch", choices=list(ARCHITECTURES), default="sd-turbo")
     p.add_argument("--ep", choices=PROVIDER_KEYS, default="cpu", help=EP_HELP)
     p.add_argument("--batch", type=int, default=1)
@@ -188,17 +190,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--python", help="interpreter of the Olive toolchain (default: this one)")
     p.add_argument("--json", action="store_true", help="print one JSON object (the default output too)")
     p.add_argument("--matrix", action="store_true",
-                   help="the blog's (batch, steps) grid: eager, unfused and recipe (and --compile), images/s, "
+                   help="the blog's (batch, steps) grid: the PyTorch paths, unfused and recipe (and --compile), images/s, "
                         "with a markdown table and a PNG chart in --out")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     p.add_argument("--steps", type=int, nargs="+", default=[1, 4])
     p.add_argument("--compile", action="store_true", help="with --matrix: also time torch.compile")
     p.add_argument("--profile", action="store_true",
-                   help="where one call's time goes: per-category time and GFLOP/s for eager, unfused and recipe, "
+                   help="where one call's time goes: per-category time and GFLOP/s for the PyTorch paths, unfused and recipe, "
                         "against this machine's sgemm rate (JSON + markdown in --out)")
     p.add_argument("--out", type=Path, default=Path("bench-out"), help="with --matrix/--profile: report folder")
     p.set_defaults(func=cmd_bench)
-    p = sub.add_parser("bench-vae", help="time one VAE decode: PyTorch eager, raw ONNX export, provider recipe")
+    p = sub.add_parser("bench-vae", help="time one VAE decode: PyTorch (eager = InvokeAI, SDPA), raw ONNX export, provider recipe")
     p.add_argument("--vae", choices=list(VAES), default="sd-ldm", help="built-in VAE, random weights")
     p.add_argument("--ep", choices=["cpu"], default="cpu")
     p.add_argument("--batch", type=int, default=1)
@@ -222,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--attention", nargs="+", default=list(ATTENTION),
+                   help="cross-attention optimizations (their titles in the WebUI's settings) to time the PyTorch "
+                        "rows under; gains are over the faster stock row")
     p.add_argument("--out", type=Path, default=Path("bench-out"))
     p.set_defaults(func=cmd_webui_bench)
     return parser

@@ -25,6 +25,9 @@ from pathlib import Path
 
 import torch
 
+#: profiled calls per PyTorch path (see ``run_profile``); their wall times are the profiler's, so speed-ups
+#: come from ``bench``, unprofiled
+TORCH_PROFILED_CALLS = 1
 #: categories, in report order
 CATEGORIES = ("convolution", "matmul", "attention", "normalization", "layout/copy", "elementwise/other")
 #: where the FLOPs are counted (torch also counts element-wise adds and multiplies; they are left out)
@@ -220,12 +223,14 @@ def sgemm_rates(threads: int, n: int = 2048, runs: int = 5) -> dict:
 def run_profile(arch: str, ep: str = "cpu", *, batch: int = 1, height: int | None = None, width: int | None = None,
                 seq: int = 77, runs: int = 2, warmup: int = 1, root=None, seed: int = 0, toolchain=None,
                 out_dir=None, progress=None) -> dict:
-    """Profile eager, the unfused export and the provider's recipe on one input; see the module docstring."""
+    """Profile the PyTorch paths (``baselines.py``), the unfused export and the provider's recipe on one
+    input; see the module docstring."""
     from ..describe import state_dict_digest
     from ..optimize import Toolchain
     from ..pipeline import prepare
     from ..registry import Registry
     from .architectures import ARCHITECTURES, build_unet, example_inputs
+    from .baselines import baseline_context, baselines_for, fastest_baseline
 
     if ep != "cpu":
         raise ValueError("the profile runs on the CPU provider only (ORT's profiler times GPU kernels differently)")
@@ -241,8 +246,14 @@ def run_profile(arch: str, ep: str = "cpu", *, batch: int = 1, height: int | Non
     report(0.1, "sgemm rate")
     rates = sgemm_rates(threads)
     rate = max(rates.values())
-    report(0.2, "PyTorch eager under torch's profiler")
-    breakdowns = [profile_torch(model, inputs, runs, warmup)]
+    breakdowns = []
+    for name, forwards in baselines_for(model).items():
+        report(0.2, f"{name} under torch's profiler")
+        with baseline_context(model, forwards):
+            # one profiled call: torch's profiler keeps every op's record, and InvokeAI's sliced attention
+            # makes that ~3.7 GB per full-size SD-Turbo call (measured); 5 of them ran a 24 GB machine out
+            breakdowns.append(profile_torch(model, inputs, TORCH_PROFILED_CALLS, warmup, config=name))
+    torch_count = len(breakdowns)
     feed_values = [t.numpy() for t in inputs.values()]
     graphs = []
     if prepared.export_folder is not None:
@@ -252,17 +263,22 @@ def run_profile(arch: str, ep: str = "cpu", *, batch: int = 1, height: int | Non
         report(0.5, f"{config} under ORT's profiler")
         breakdowns.append(profile_ort(path, feed_values, runs, warmup, config))
     # the graph's count is exact (shapes of every node); torch counts only some ops
-    gflop = max(sum(b.flops.values()) for b in breakdowns[1:]) / 1e9
+    gflop = max(sum(b.flops.values()) for b in breakdowns[torch_count:]) / 1e9
     floor_ms = gflop / rate * 1000.0
     eager_ms = breakdowns[0].total_ms
+    baseline = fastest_baseline({b.config: b.total_ms for b in breakdowns[:torch_count]})
+    baseline_ms = next(b.total_ms for b in breakdowns if b.config == baseline)
     result = {
         "arch": arch, "ep": ep, "batch": batch, "height": lh * 8, "width": lw * 8, "sequence": seq,
         "threads": threads, "runs": runs, "warmup": warmup,
         "sgemm_gflops": round(rate, 1), "sgemm_gflops_by_library": {k: round(v, 1) for k, v in rates.items()},
         "call_gflop": round(gflop, 4), "floor_ms": round(floor_ms, 3),  # a tiny model's floor is ~1 ms
         "max_speedup_over_eager": round(eager_ms / floor_ms, 2),
+        # the faster of the WebUI's PyTorch paths, and the most any fp32 graph can gain over it here
+        "baseline": baseline, "max_speedup_over_baseline": round(baseline_ms / floor_ms, 2),
         "configs": [b.to_dict() for b in breakdowns],
-        "method": (f"{warmup} warm-up + {runs} profiled calls per configuration, times per call; categories "
+        "method": (f"{warmup} warm-up + {runs} profiled calls per ORT graph ({TORCH_PROFILED_CALLS} per PyTorch "
+                   "path), times per call; categories "
                    "from self time (torch) and node time (ORT); GFLOP counted from ORT's node shapes for "
                    "Conv/MatMul/Gemm/attention; floor = call GFLOP / the faster sgemm (torch or ONNX Runtime) "
                    "on the same threads"),
@@ -289,7 +305,8 @@ def profile_markdown(result: dict) -> str:
         f"{result['arch']} UNet, batch {result['batch']}, {result['height']}x{result['width']}, "
         f"{result['threads']} threads: one call is {result['call_gflop']} GFLOP of matrix work; a "
         f"{result['sgemm_gflops']} GFLOP/s sgemm puts the floor at {_seconds(result['floor_ms'])}, so no fp32 "
-        f"graph can be more than {result['max_speedup_over_eager']}x faster than eager here.",
+        f"graph can be more than {result['max_speedup_over_baseline']}x faster than {result['baseline']} (the "
+        f"faster WebUI path) here, {result['max_speedup_over_eager']}x than ldm eager.",
         "",
         "| category | " + " | ".join(c["config"] for c in configs) + " |",
         "|---|" + "---|" * len(configs),

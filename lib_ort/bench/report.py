@@ -24,7 +24,8 @@ def markdown_table(rows: list[dict], baseline: str | None = None) -> str:
     configs = list(dict.fromkeys(r["config"] for r in rows))
     baseline = baseline or configs[0]
     by = {(r["config"], r["batch"], r["steps"]): r for r in rows}
-    lines = ["| (batch, steps) | " + " | ".join(configs) + " |", "|---|" + "---|" * len(configs)]
+    heads = [f"{c} (baseline)" if c == baseline else c for c in configs]
+    lines = ["| (batch, steps) | " + " | ".join(heads) + " |", "|---|" + "---|" * len(configs)]
     for b, s in _groups(rows):
         base = by.get((baseline, b, s))
         cells = []
@@ -83,13 +84,16 @@ def bar_chart(rows: list[dict], path: str | Path, title: str, baseline: str | No
     return path
 
 
-def write_report(rows: list[dict], out_dir: str | Path, name: str, title: str, meta: dict) -> dict:
-    """Write ``name``.json, ``name``.md and ``name``.png into ``out_dir``; returns their paths."""
+def write_report(rows: list[dict], out_dir: str | Path, name: str, title: str, meta: dict,
+                 baseline: str | None = None) -> dict:
+    """Write ``name``.json, ``name``.md and ``name``.png into ``out_dir``; returns their paths. Gains are
+    over ``baseline`` (default: the first configuration), which the table's heading names."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    table = markdown_table(rows)
-    (out / f"{name}.md").write_text(f"# {title}\n\n{table}\n")
-    chart = bar_chart(rows, out / f"{name}.png", title)
+    baseline = baseline or rows[0]["config"]
+    table = markdown_table(rows, baseline)
+    (out / f"{name}.md").write_text(f"# {title}\n\nGains (×) over **{baseline}**.\n\n{table}\n")
+    chart = bar_chart(rows, out / f"{name}.png", f"{title}\n(gains over {baseline})", baseline)
     return {"json": str(out / f"{name}.json"), "markdown": str(out / f"{name}.md"), "chart": str(chart),
             "table": table}

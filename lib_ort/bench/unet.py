@@ -1,8 +1,10 @@
-"""Time one UNet call: PyTorch eager against ONNX Runtime, on the same inputs and weights.
+"""Time one UNet call: the WebUI's PyTorch paths against ONNX Runtime, on the same inputs and weights.
 
 The model is a built-in architecture with random weights (fixed seed), so the numbers need no
 download. Export and optimization are cached by the weights' content hash. Each timing is the
-median of ``runs`` calls after ``warmup`` calls; the spread (min..max) is reported beside it.
+median of ``runs`` calls after ``warmup`` calls, the configurations interleaved; the spread (min..max)
+is reported beside it. The speed-up is against the faster of the WebUI's two CPU attention paths
+(SDPA, InvokeAI: see ``baselines.py``), which the result names; ldm's plain eager is reported beside it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ..optimize import Toolchain
 from ..pipeline import prepare
 from ..registry import Registry
 from .architectures import ARCHITECTURES, build_unet, example_inputs
+from .baselines import baselines_for, fastest_baseline, run_as
 from .timing import peak_rss_mb, rel_err, time_calls, time_interleaved
 
 #: ops that show a recipe worked (the rest of the graph's op counts are left out of the report)
@@ -40,25 +43,37 @@ def run_bench(arch: str, ep: str = "cpu", *, batch: int = 1, height: int | None 
     prepared = prepare(model, registry, checkpoint, ep, toolchain=toolchain, progress=progress)
     inputs = example_inputs(model, batch, latent_h, latent_w, seq, seed=seed)
 
-    with torch.no_grad():
-        ref = model(**inputs)
-        torch_t = time_calls(lambda: model(**inputs), runs, warmup)
     args = (inputs["x"], inputs["timesteps"], inputs["context"])
     kwargs = {"y": inputs["y"]} if "y" in inputs else {}
-
     ort_unet = OrtUnet(prepared.artefact)
-    out = ort_unet(*args, **kwargs)
-    ort_t = time_calls(lambda: ort_unet(*args, **kwargs), runs, warmup)
+    label = f"ORT {ep} recipe"
+    with torch.no_grad():
+        ref = model(**inputs)
+        calls = {name: run_as(model, forwards, lambda: model(**inputs))
+                 for name, forwards in baselines_for(model).items()}
+        errors = {name: rel_err(call(), ref) for name, call in calls.items()}
+        out = ort_unet(*args, **kwargs)
+        calls[label] = lambda: ort_unet(*args, **kwargs)
+        timings = time_interleaved(calls, runs, warmup)
+    ort_t = timings[label]
+    torch_medians = {name: t["median_ms"] for name, t in timings.items() if name != label}
+    baseline = fastest_baseline(torch_medians)
+    eager = next(iter(torch_medians))  # ldm's own forward (first in ``BASELINES``)
     result = {
         "arch": arch, "family": description.family.value, "ep": ep, "batch": batch,
         "height": latent_h * 8, "width": latent_w * 8, "sequence": seq,
-        "torch_ms": round(torch_t["median_ms"], 2), "ort_ms": round(ort_t["median_ms"], 2),
-        "speedup": round(torch_t["median_ms"] / ort_t["median_ms"], 3),
+        # the speed-up is against the faster WebUI path, named in ``baseline``
+        "baseline": baseline, "torch_ms": round(torch_medians[baseline], 2), "ort_ms": round(ort_t["median_ms"], 2),
+        "speedup": round(torch_medians[baseline] / ort_t["median_ms"], 3),
+        "speedup_over_eager": round(torch_medians[eager] / ort_t["median_ms"], 3),
+        "pytorch": {name: {"median_ms": round(t["median_ms"], 2),
+                           "spread_ms": [round(t["min_ms"], 2), round(t["max_ms"], 2)],
+                           "rel_err": errors[name]} for name, t in timings.items() if name != label},
         "rel_err": rel_err(out, ref),
         "fused_ops": {k: v for k, v in prepared.artefact.manifest["fused_ops"].items() if k in FUSED_OPS},
         "export_s": prepared.export_s, "optimize_s": prepared.optimize_s,
         "artefact_cached": prepared.artefact_cached, "artefact": prepared.artefact.id,
-        "torch_spread_ms": [round(torch_t["min_ms"], 2), round(torch_t["max_ms"], 2)],
+        "torch_spread_ms": [round(timings[baseline]["min_ms"], 2), round(timings[baseline]["max_ms"], 2)],
         "ort_spread_ms": [round(ort_t["min_ms"], 2), round(ort_t["max_ms"], 2)],
         "runs": runs, "warmup": warmup, "threads": torch.get_num_threads(),
     }
@@ -105,8 +120,9 @@ def matrix_rows(config: str, batch: int, steps_list, timing: dict, extra: dict) 
 def run_matrix(arch: str, ep: str = "cpu", *, batches=(1, 4), steps=(1, 4), height: int = 512, width: int = 512,
                seq: int = 77, runs: int = 5, warmup: int = 1, root=None, seed: int = 0, with_compile: bool = False,
                out_dir=None, toolchain: Toolchain = Toolchain(), progress=None) -> dict:
-    """Time PyTorch eager (and torch.compile), ORT unfused and ORT with the provider's recipe per batch,
-    and derive per-image time and images/s for each step count (UNet calls only, CFG-free: B rows)."""
+    """Time the WebUI's PyTorch paths and ldm eager (and torch.compile), ORT unfused and ORT with the
+    provider's recipe per batch, and derive per-image time and images/s for each step count (UNet calls
+    only, CFG-free: B rows). Gains are shown against the faster WebUI path (``meta["baseline"]``)."""
     from .report import write_report
     from ..sessions import create_session, plan_session
     from ..unet import OrtUnet
@@ -135,8 +151,10 @@ def run_matrix(arch: str, ep: str = "cpu", *, batches=(1, 4), steps=(1, 4), heig
             inputs = feed_for(batch)
             report(0.3, f"batch {batch}: reference and first calls")
             reference = model(**inputs)
-            fns = {"PyTorch eager": lambda inputs=inputs: model(**inputs)}
-            extras = {"PyTorch eager": {"rel_err": 0.0}}
+            fns, extras = {}, {}
+            for name, forwards in baselines_for(model).items():
+                fns[name] = run_as(model, forwards, lambda inputs=inputs: model(**inputs))
+                extras[name] = {"rel_err": rel_err(fns[name](), reference)}
             if compiled is not None:
                 try:
                     report(0.4, f"torch.compile, batch {batch} (compiling first)")
@@ -165,7 +183,11 @@ def run_matrix(arch: str, ep: str = "cpu", *, batches=(1, 4), steps=(1, 4), heig
                 rows += matrix_rows(config, batch, steps, timings[config], extras[config])
     del ort_unet, session, compiled
     gc.collect()
-    meta = {"arch": arch, "ep": ep, "height": height, "width": width, "sequence": seq, "runs": runs,
+    per_image = {}  # the baseline: the WebUI path with the least UNet time over the whole grid
+    for r in rows:
+        per_image[r["config"]] = per_image.get(r["config"], 0.0) + r["per_image_ms"]
+    baseline = fastest_baseline({c: ms for c, ms in per_image.items() if c.startswith("PyTorch")})
+    meta = {"baseline": baseline,"arch": arch, "ep": ep, "height": height, "width": width, "sequence": seq, "runs": runs,
             "warmup": warmup, "threads": torch.get_num_threads(), "artefact": prepared.artefact.id,
             "fused_ops": {k: v for k, v in prepared.artefact.manifest["fused_ops"].items() if k in FUSED_OPS},
             "peak_rss_mb": round(peak_rss_mb(), 1), "notes": notes,
@@ -175,5 +197,5 @@ def run_matrix(arch: str, ep: str = "cpu", *, batches=(1, 4), steps=(1, 4), heig
     result = {"meta": meta, "rows": rows}
     if out_dir is not None:
         title = f"{arch} UNet, {height}x{width}, {ep} ({torch.get_num_threads()} threads): images/s"
-        result["files"] = write_report(rows, out_dir, f"unet-matrix-{arch}-{ep}", title, meta)
+        result["files"] = write_report(rows, out_dir, f"unet-matrix-{arch}-{ep}", title, meta, baseline=baseline)
     return result

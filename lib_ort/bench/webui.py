@@ -8,6 +8,13 @@ Three configurations, all at CFG scale 1 with Euler a + SGM Uniform:
 * ``ORT Turbo``: SD Unet "ORT Turbo", CFG-free on. A request whose infotext says the PyTorch UNet
   ran instead is reported as such, not counted as ORT Turbo.
 
+The two PyTorch configurations are timed once per cross-attention optimization in ``attention``
+(default: the WebUI's CPU default InvokeAI, and SDP), labelled with it, and gains are over the stock row
+of the faster one (``meta["baseline"]``). The WebUI applies that setting only through its change callback,
+which ``/sdapi/v1/options`` runs and ``override_settings`` does not (``processing.py`` sets overrides with
+``run_callbacks=False``), so it is set through the options endpoint, and the user's value is written back
+at the end. ORT Turbo runs under the user's own setting (its UNet does not use it).
+
 The SD Unet is chosen per request through ``override_settings``. The WebUI (v1.10.1) puts an overridden
 setting back afterwards only if the user had set it before (``processing.py``), so on a fresh config the
 first override would stick. The user's SD Unet is therefore read first, written back as it is (so every
@@ -31,6 +38,10 @@ CONFIGS = (
     ("WebUI + CFG-free", "None", True),
     ("ORT Turbo", "ORT Turbo", True),
 )
+#: the WebUI's cross-attention optimizations a CPU user chooses between (their titles in the settings):
+#: InvokeAI is what Automatic picks without CUDA/MPS, SDP is PyTorch's scaled_dot_product_attention
+ATTENTION = ("InvokeAI", "sdp - scaled dot product")
+STOCK = CONFIGS[0][0]
 
 
 def payload(sd_unet: str, cfg_free: bool, batch: int, steps: int, width: int, height: int, seed: int) -> dict:
@@ -71,36 +82,70 @@ def _infotext(response: dict) -> str:
 
 
 def run_webui_bench(url: str, *, batches=(1, 4), steps=(1, 4), width: int = 512, height: int = 512, seed: int = 1,
-                    runs: int = 5, warmup: int = 1, timeout: float = 1800, out_dir=None, progress=None) -> dict:
+                    runs: int = 5, warmup: int = 1, timeout: float = 1800, attention=ATTENTION, out_dir=None,
+                    progress=None) -> dict:
     from .report import write_report
 
     report = progress or (lambda fraction, message: None)
     try:
-        users_sd_unet = call(url, "/sdapi/v1/options", None, 60).get("sd_unet")
+        users = call(url, "/sdapi/v1/options", None, 60)
     except RuntimeError:
-        users_sd_unet = None  # no WebUI there: every row says so below
+        users = {}  # no WebUI there: every row says so below
+    users_sd_unet, users_attention = users.get("sd_unet"), users.get("cross_attention_optimization")
     if users_sd_unet is not None:
         call(url, "/sdapi/v1/options", {"sd_unet": users_sd_unet}, 300)
+    plan = [(f"{label} ({a})", sd_unet, cfg_free, a) for a in attention for label, sd_unet, cfg_free in CONFIGS[:2]]
+    plan += [(label, sd_unet, cfg_free, None) for label, sd_unet, cfg_free in CONFIGS[2:]]
     try:
-        rows = _time_grid(url, batches, steps, width, height, seed, runs, warmup, timeout, report)
+        rows = _time_grid(url, plan, batches, steps, width, height, seed, runs, warmup, timeout, report,
+                          users_attention)
     finally:
-        if users_sd_unet is not None:
-            call(url, "/sdapi/v1/options", {"sd_unet": users_sd_unet}, 300)
+        restore = {k: v for k, v in (("sd_unet", users_sd_unet), ("cross_attention_optimization", users_attention))
+                   if v is not None}
+        if restore:
+            call(url, "/sdapi/v1/options", restore, 300)
+    baseline = stock_baseline(rows)
     meta = {"url": url, "width": width, "height": height, "seed": seed, "runs": runs, "warmup": warmup,
-            "users_sd_unet": users_sd_unet,
+            "users_sd_unet": users_sd_unet, "users_cross_attention_optimization": users_attention,
+            "baseline": baseline,
             "method": "whole /sdapi/v1/txt2img requests (text encoders, UNet steps, VAE decode), CFG scale 1, "
-                      f"Euler a + SGM Uniform; median of {runs} after {warmup} warm-up"}
+                      f"Euler a + SGM Uniform; median of {runs} after {warmup} warm-up; the PyTorch rows once per "
+                      "cross-attention optimization (set through /sdapi/v1/options), gains over the faster stock"}
     result = {"meta": meta, "rows": rows}
     if out_dir is not None:
-        result["files"] = write_report(rows, out_dir, "webui-e2e", f"WebUI txt2img {width}x{height}: images/s", meta)
+        result["files"] = write_report(rows, out_dir, "webui-e2e", f"WebUI txt2img {width}x{height}: images/s", meta,
+                                       baseline=baseline)
     return result
 
 
-def _time_grid(url, batches, steps, width, height, seed, runs, warmup, timeout, report) -> list[dict]:
+def stock_baseline(rows: list[dict]) -> str | None:
+    """The stock configuration (one per cross-attention optimization) with the least time per image over
+    the grid cells every stock configuration completed; None when none completed any."""
+    stock = {r["config"] for r in rows if r["config"].startswith(STOCK)}
+    cells = {}
+    for r in rows:
+        if r["config"] in stock and r.get("images_per_s"):
+            cells.setdefault((r["batch"], r["steps"]), {})[r["config"]] = 1.0 / r["images_per_s"]
+    common = [c for c in cells.values() if set(c) == stock]
+    if not common:
+        return None
+    return min(stock, key=lambda config: sum(c[config] for c in common))
+
+
+def _time_grid(url, plan, batches, steps, width, height, seed, runs, warmup, timeout, report,
+               users_attention) -> list[dict]:
     rows = []
-    total = len(CONFIGS) * len(batches) * len(steps)
+    total = len(plan) * len(batches) * len(steps)
     done = 0
-    for label, sd_unet, cfg_free in CONFIGS:
+    current = None
+    for label, sd_unet, cfg_free, attention in plan:
+        wanted = attention or users_attention
+        if wanted is not None and wanted != current:
+            try:
+                call(url, "/sdapi/v1/options", {"cross_attention_optimization": wanted}, 300)
+                current = wanted
+            except RuntimeError:
+                pass  # no WebUI: the requests below say so
         for batch in batches:
             for n_steps in steps:
                 body = payload(sd_unet, cfg_free, batch, n_steps, width, height, seed)

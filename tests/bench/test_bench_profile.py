@@ -93,7 +93,7 @@ def test_profile_counts_the_same_work_in_every_graph(shared_registry, tmp_path, 
                  "--width", "96", "--runs", "2", "--out", str(out)]) == 0
     result = json.loads(capsys.readouterr().out)
     configs = {c["config"]: c for c in result["configs"]}
-    assert list(configs) == ["PyTorch eager", "ORT unfused", "ORT cpu recipe"]
+    assert list(configs) == ["PyTorch eager", "PyTorch SDPA", "PyTorch InvokeAI", "ORT unfused", "ORT cpu recipe"]
     unfused, recipe = configs["ORT unfused"], configs["ORT cpu recipe"]
 
     model = tiny_model("tiny-sd2")
@@ -115,6 +115,10 @@ def test_profile_counts_the_same_work_in_every_graph(shared_registry, tmp_path, 
     assert set(rates) == {"torch", "onnxruntime"} and result["sgemm_gflops"] == max(rates.values()) > 0
     assert result["max_speedup_over_eager"] == pytest.approx(configs["PyTorch eager"]["total_ms"] / result["floor_ms"],
                                                              rel=0.02)
+    webui_paths = {c: configs[c]["total_ms"] for c in ("PyTorch SDPA", "PyTorch InvokeAI")}
+    assert result["baseline"] == min(webui_paths, key=webui_paths.get)
+    assert result["max_speedup_over_baseline"] == pytest.approx(webui_paths[result["baseline"]] / result["floor_ms"],
+                                                                rel=0.02)
     table = (out / "unet-profile-tiny-sd2-cpu.md").read_text()
     assert all(f"| {c} |" in table for c in CATEGORIES) and "sgemm" in table
 

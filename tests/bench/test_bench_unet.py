@@ -1,6 +1,8 @@
-"""``bench`` and ``bench --matrix``: one UNet call, PyTorch eager against the recipe, and the blog's grid."""
+"""``bench`` and ``bench --matrix``: one UNet call, the WebUI's PyTorch paths against the recipe, and the blog's grid."""
 
 import json
+
+import pytest
 
 from lib_ort.bench.unet import matrix_rows
 from lib_ort.cli import main
@@ -25,7 +27,7 @@ def test_unet_matrix_writes_json_table_and_chart(shared_registry, tmp_path, caps
     result = json.loads(capsys.readouterr().out)
     rows = result["rows"]
     configs = {r["config"] for r in rows}
-    assert configs == {"PyTorch eager", "ORT unfused", "ORT cpu recipe"}
+    assert configs == {"PyTorch eager", "PyTorch SDPA", "PyTorch InvokeAI", "ORT unfused", "ORT cpu recipe"}
     assert {(r["batch"], r["steps"]) for r in rows} == {(1, 1), (1, 4), (4, 1), (4, 4)}
     for r in rows:
         lo, hi = r["spread_images_per_s"]
@@ -35,6 +37,24 @@ def test_unet_matrix_writes_json_table_and_chart(shared_registry, tmp_path, caps
     assert (out / "unet-matrix-tiny-sd2-cpu.png").read_bytes()[:4] == b"\x89PNG"
     table = (out / "unet-matrix-tiny-sd2-cpu.md").read_text()
     assert "| (4,4) |" in table and "ORT cpu recipe" in table
+    # gains are over the WebUI path with the least UNet time in the grid, named in the table
+    per_image = {c: sum(r["per_image_ms"] for r in rows if r["config"] == c) for c in ("PyTorch SDPA", "PyTorch InvokeAI")}
+    baseline = result["meta"]["baseline"]
+    assert baseline == min(per_image, key=per_image.get) and f"{baseline} (baseline)" in table
+
+
+def test_bench_reports_its_speedup_over_the_faster_webui_path_and_names_it(shared_registry, capsys):
+    assert main(["--root", str(shared_registry.root), "bench", "--arch", "tiny-sd1", "--runs", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    pytorch = result["pytorch"]
+    assert list(pytorch) == ["PyTorch eager", "PyTorch SDPA", "PyTorch InvokeAI"]
+    assert all(p["rel_err"] <= 1e-4 for p in pytorch.values())
+    webui = {c: pytorch[c]["median_ms"] for c in ("PyTorch SDPA", "PyTorch InvokeAI")}
+    assert result["baseline"] == min(webui, key=webui.get)
+    assert result["torch_ms"] == webui[result["baseline"]]
+    assert result["speedup"] == pytest.approx(result["torch_ms"] / result["ort_ms"], rel=0.01)
+    assert result["speedup_over_eager"] == pytest.approx(pytorch["PyTorch eager"]["median_ms"] / result["ort_ms"],
+                                                         rel=0.01)
 
 
 def test_matrix_with_torch_compile_adds_a_column_or_says_why_not(shared_registry, tmp_path, capsys):

@@ -16,6 +16,8 @@ def test_speedups_are_over_the_first_configuration():
                "ORT cpu recipe": {"median_ms": 120.0}}
     assert add_speedups(configs) == 300.0
     assert [c["speedup"] for c in configs.values()] == [1.0, 1.5, 2.5]
+    assert add_speedups(configs, "ORT raw export") == 200.0  # the named baseline
+    assert [c["speedup"] for c in configs.values()] == [0.67, 1.0, 1.67]
 
 
 def test_vae_bench_times_torch_raw_export_and_recipe_on_the_same_latents(shared_registry, capsys):
@@ -23,7 +25,10 @@ def test_vae_bench_times_torch_raw_export_and_recipe_on_the_same_latents(shared_
                  "64", "--batch", "2", "--runs", "3", "--profile", "--encode"]) == 0
     result = json.loads(capsys.readouterr().out)
     decode = result["decode"]
-    assert list(decode) == ["PyTorch eager", "ORT raw export", "ORT cpu recipe"]
+    # InvokeAI leaves the VAE's attention as ldm wrote it: one column for both
+    assert list(decode) == ["PyTorch eager = InvokeAI", "PyTorch SDPA", "ORT raw export", "ORT cpu recipe"]
+    paths = {c: decode[c]["median_ms"] for c in ("PyTorch eager = InvokeAI", "PyTorch SDPA")}
+    assert result["baseline"] == min(paths, key=paths.get) and decode[result["baseline"]]["speedup"] == 1.0
     for name, c in decode.items():
         lo, hi = c["spread_ms"]
         assert 0 < lo <= c["median_ms"] <= hi
@@ -42,8 +47,9 @@ def test_vae_bench_times_torch_raw_export_and_recipe_on_the_same_latents(shared_
     assert profile["gflop"]["convolution"] == pytest.approx(conv / 1e9, rel=0.05)
     assert profile["floor_ms"] > 0 and profile["max_speedup_over_eager"] > 0
     encode = result["encode"]  # the encoder on the same images: PyTorch, then the recipe's encoder
-    assert list(encode) == ["PyTorch eager", "ORT cpu recipe"]
-    assert encode["ORT cpu recipe"]["rel_err"] <= 1e-4 and encode["PyTorch eager"]["rel_err"] == 0
+    assert list(encode) == ["PyTorch eager = InvokeAI", "PyTorch SDPA", "ORT cpu recipe"]
+    assert encode["ORT cpu recipe"]["rel_err"] <= 1e-4 and encode["PyTorch eager = InvokeAI"]["rel_err"] == 0
+    assert encode["PyTorch SDPA"]["rel_err"] <= 1e-4
     for c in encode.values():
         assert 0 < c["spread_ms"][0] <= c["median_ms"] <= c["spread_ms"][1]
     listed = {row.id: row.manifest for row in shared_registry.list()}

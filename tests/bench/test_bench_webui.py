@@ -3,6 +3,7 @@ running WebUI)."""
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from lib_ort.cli import main
@@ -12,7 +13,9 @@ class FakeWebUI(BaseHTTPRequestHandler):
     """txt2img and options, with v1.10.1's rule: an overridden setting the user never set stays changed."""
 
     requests: list = []
-    options = {"sd_unet": "Automatic"}  # what GET /sdapi/v1/options answers: defaults included
+    # what GET /sdapi/v1/options answers: defaults included
+    options = {"sd_unet": "Automatic", "cross_attention_optimization": "Automatic"}
+    applied = ["Automatic"]  # the attention the model runs: changed only by the options endpoint's callback
     user_set: set = set()  # the keys in the user's config.json
 
     def _answer(self, payload):
@@ -32,10 +35,15 @@ class FakeWebUI(BaseHTTPRequestHandler):
         if self.path == "/sdapi/v1/options":
             FakeWebUI.options.update(body)
             FakeWebUI.user_set.update(body)
+            if "cross_attention_optimization" in body:  # its onchange callback redoes the hijack
+                FakeWebUI.applied.append(body["cross_attention_optimization"])
             return self._answer(None)
-        for key, value in body["override_settings"].items():
+        for key, value in body["override_settings"].items():  # run_callbacks=False: nothing re-applied
             if key not in FakeWebUI.user_set:
                 FakeWebUI.options[key] = value
+        body["_attention"] = FakeWebUI.applied[-1]
+        if body["override_settings"]["sd_unet"] == "None" and FakeWebUI.applied[-1] == "InvokeAI":
+            time.sleep(0.03)  # InvokeAI slower than SDP on this "machine"
         ours = body["override_settings"]["sd_unet"] == "ORT Turbo"
         text = "Steps: 1, ORT Turbo: abc-cpu-fp32 (CPU)" if ours else "Steps: 1"
         if ours and body["batch_size"] == 4:
@@ -60,11 +68,24 @@ def test_webui_bench_sends_the_blog_settings_and_reports_fallbacks(tmp_path, cap
         server.shutdown()
     result = json.loads(capsys.readouterr().out)
     paths = [path for path, _ in FakeWebUI.requests]
-    assert len(result["rows"]) == 12 and paths.count("/sdapi/v1/txt2img") == 12 * 3
+    # stock and CFG-free under each of the two attention optimizations, ORT Turbo once; 4 cells each
+    assert len(result["rows"]) == 5 * 4 and paths.count("/sdapi/v1/txt2img") == 5 * 4 * 3
     # the user's SD Unet is written back before the first override (so the WebUI undoes each one) and after
     assert paths[0] == paths[-1] == "/sdapi/v1/options" and FakeWebUI.requests[0][1] == {"sd_unet": "Automatic"}
     assert FakeWebUI.options["sd_unet"] == "Automatic" and result["meta"]["users_sd_unet"] == "Automatic"
-    first = FakeWebUI.requests[1][1]
+    # each PyTorch row ran under the optimization its label names (set through the options endpoint)
+    txt2img = [body for path, body in FakeWebUI.requests if path == "/sdapi/v1/txt2img"]
+    assert [r["config"] for r in result["rows"][::4]] == [
+        "WebUI stock (InvokeAI)", "WebUI + CFG-free (InvokeAI)", "WebUI stock (sdp - scaled dot product)",
+        "WebUI + CFG-free (sdp - scaled dot product)", "ORT Turbo"]
+    assert [b["_attention"] for b in txt2img[:24]] == ["InvokeAI"] * 24
+    assert [b["_attention"] for b in txt2img[24:48]] == ["sdp - scaled dot product"] * 24
+    assert [b["_attention"] for b in txt2img[48:]] == ["Automatic"] * 12  # ORT Turbo: the user's own setting
+    # the user's setting is back, and the gains are over the faster stock row, named
+    assert FakeWebUI.options["cross_attention_optimization"] == FakeWebUI.applied[-1] == "Automatic"
+    assert result["meta"]["baseline"] == "WebUI stock (sdp - scaled dot product)"
+    assert "WebUI stock (sdp - scaled dot product) (baseline)" in (tmp_path / "webui-e2e.md").read_text()
+    first = txt2img[0]
     assert (first["cfg_scale"], first["sampler_name"], first["scheduler"], first["width"]) == (1.0, "Euler a",
                                                                                             "SGM Uniform", 512)
     assert first["alwayson_scripts"] == {"ort turbo": {"args": [False]}}
@@ -78,5 +99,6 @@ def test_webui_bench_sends_the_blog_settings_and_reports_fallbacks(tmp_path, cap
 def test_webui_bench_says_when_no_webui_is_there(tmp_path, capsys):
     assert main(["webui-bench", "--url", "http://127.0.0.1:9", "--runs", "1", "--warmup", "0", "--batches", "1",
                  "--steps", "1", "--out", str(tmp_path)]) == 0
-    rows = json.loads(capsys.readouterr().out)["rows"]
-    assert all("cannot reach the WebUI" in r["error"] for r in rows)
+    result = json.loads(capsys.readouterr().out)
+    assert all("cannot reach the WebUI" in r["error"] for r in result["rows"])
+    assert result["meta"]["baseline"] is None
