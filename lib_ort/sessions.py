@@ -298,8 +298,14 @@ def require_tensorrt_libraries(find=None) -> str:
     return found
 
 
-def create_session(model_path: str | os.PathLike, plan: SessionPlan):
-    """Carry out ``plan``: an ``onnxruntime.InferenceSession`` on the planned provider, or an error."""
+def create_session(model_path: str | os.PathLike, plan: SessionPlan, initializers: dict | None = None):
+    """Carry out ``plan``: an ``onnxruntime.InferenceSession`` on the planned provider, or an error.
+
+    ``initializers`` (name -> C-contiguous numpy array) replace the model file's weights of those names,
+    through ``SessionOptions.add_external_initializers``: they take the file's place when the graph is
+    loaded, before ORT's optimizations (``add_initializer`` comes after them: measured, a CPU session
+    with every optimization on kept some convolutions' weights from the file). ORT reads the caller's
+    memory, which must outlive the session."""
     ort = import_onnxruntime()
 
     require_provider(plan.ep)
@@ -325,6 +331,10 @@ def create_session(model_path: str | os.PathLike, plan: SessionPlan):
         setattr(options, key, value)
     for key, value in plan.session_config.items():
         options.add_session_config_entry(key, value)
+    # the OrtValues (and the arrays they wrap) must live as long as the session: kept on it below
+    given = {name: ort.OrtValue.ortvalue_from_numpy(array) for name, array in (initializers or {}).items()}
+    if given:
+        options.add_external_initializers(list(given), list(given.values()))
     try:
         session = ort.InferenceSession(str(model_path), sess_options=options, providers=plan.providers)
     except Exception as exc:
@@ -335,6 +345,7 @@ def create_session(model_path: str | os.PathLike, plan: SessionPlan):
                 "Engines need much GPU memory and time for large profiles; try smaller sizes or the CUDA provider."
             ) from exc
         raise OrtTurboError(f"ONNX Runtime could not load {Path(model_path).parent.name} on {wanted}: {exc}") from exc
+    session.ort_turbo_initializers = given
     used = session.get_providers()
     if not used or used[0] != wanted:
         raise OrtTurboError(
