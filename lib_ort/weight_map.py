@@ -107,8 +107,8 @@ def _index(weights) -> dict:
         views = ("flat", "rows", "cols") if array.ndim >= 2 else ("flat",)
         for view in views:
             units = init_view(array, view)
-            if view == "rows" and units.shape[0] == 1:
-                continue  # the same single unit as "flat"
+            if view != "flat" and units.shape[0] == 1:
+                continue  # one unit of every element: the "flat" view again
             prefix = np.ascontiguousarray(units[:, :_KEY_ELEMENTS])
             for i in range(units.shape[0]):
                 index.setdefault((array.dtype.str, units.shape[1], prefix[i].tobytes()), []).append((name, view, i))
