@@ -115,8 +115,8 @@ def _index(weights) -> dict:
     return index
 
 
-def _place(value: np.ndarray, weights, index: dict) -> tuple[list, str | None]:
-    """Every (initializer, view, form, unit indices) that holds ``value`` whole; [] and why when none."""
+def _place(value: np.ndarray, weights, index: dict) -> list:
+    """Every (initializer, view, form, unit indices) that holds ``value`` whole."""
     found = []
     for dtype in (np.float32, np.float16):
         cast = value.astype(dtype)
@@ -139,9 +139,12 @@ def _place(value: np.ndarray, weights, index: dict) -> tuple[list, str | None]:
                     used.add(pick)
                     chosen.append(pick)
                 else:
-                    found.append({"init": name, "view": view, "form": form, "dtype": np.dtype(dtype).name,
-                                  "units": _runs(chosen)})
-    return found, None
+                    place = {"init": name, "view": view, "form": form, "dtype": np.dtype(dtype).name,
+                             "units": _runs(chosen)}
+                    # a 1x1 convolution reads alike channels-first and channels-last: one place, not two
+                    if not any((f["init"], f["view"], f["units"]) == (name, view, place["units"]) for f in found):
+                        found.append(place)
+    return found
 
 
 class WeightMap:
@@ -158,7 +161,7 @@ class WeightMap:
         index = _index(weights)
         places, unmapped = {}, {}
         for name, value in params.items():
-            found, _ = _place(np.asarray(value, dtype=np.float32), weights, index)
+            found = _place(np.asarray(value, dtype=np.float32), weights, index)
             if not found:
                 unmapped[name] = "not found among the graph's weights (folded into another computation?)"
             elif len(found) > 1:
