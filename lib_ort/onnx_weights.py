@@ -31,10 +31,12 @@ def _varint(buf, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf, start: int = 0, end: int | None = None):
-    """(field number, wire type, value) of each field of one message; ``value`` is an int for varints
-    and fixed-size fields, a ``(start, end)`` slice of ``buf`` for length-delimited ones."""
-    pos, end = start, len(buf) if end is None else end
+def fields(buf):
+    """(field number, wire type, value) of each field of one protobuf message (``buf``: bytes or a
+    memoryview); ``value`` is an int for varints and fixed-size fields, a zero-copy memoryview of the
+    bytes for length-delimited ones (a sub-message, a string, packed numbers)."""
+    buf = memoryview(buf)
+    pos, end = 0, len(buf)
     while pos < end:
         key, pos = _varint(buf, pos)
         number, wire = key >> 3, key & 7
@@ -44,7 +46,7 @@ def _fields(buf, start: int = 0, end: int | None = None):
             value, pos = int.from_bytes(buf[pos:pos + 8], "little"), pos + 8
         elif wire == 2:
             length, pos = _varint(buf, pos)
-            value, pos = (pos, pos + length), pos + length
+            value, pos = buf[pos:pos + length], pos + length
         elif wire == 5:
             value, pos = int.from_bytes(buf[pos:pos + 4], "little"), pos + 4
         else:
@@ -52,10 +54,10 @@ def _fields(buf, start: int = 0, end: int | None = None):
         yield number, wire, value
 
 
-def _packed_varints(buf, span) -> list[int]:
-    out, pos = [], span[0]
-    while pos < span[1]:
-        value, pos = _varint(buf, pos)
+def _packed_varints(view) -> list[int]:
+    out, pos = [], 0
+    while pos < len(view):
+        value, pos = _varint(view, pos)
         out.append(value)
     return out
 
@@ -72,41 +74,40 @@ class Initializer:
 
 def list_initializers(model_path: str | os.PathLike) -> dict[str, Initializer]:
     """Every initializer of the main graph, by name, without loading external weights."""
-    buf = memoryview(Path(model_path).read_bytes())
-    graph = next((v for n, w, v in _fields(buf) if n == 7 and w == 2), None)
+    graph = next((v for n, w, v in fields(Path(model_path).read_bytes()) if n == 7 and w == 2), None)
     if graph is None:
         raise ValueError(f"{model_path} holds no graph")
     out = {}
-    for number, wire, span in _fields(buf, *graph):
+    for number, wire, tensor in fields(graph):
         if number == 5 and wire == 2:
-            init = _tensor(buf, span)
+            init = _tensor(tensor)
             out[init.name] = init
     return out
 
 
-def _tensor(buf, span) -> Initializer:
+def _tensor(message) -> Initializer:
     dims, dtype, name, raw, external = [], 1, "", None, {}
     typed: dict[int, list] = {}  # float_data 4, int32_data 5, int64_data 7, double_data 10
-    for number, wire, value in _fields(buf, *span):
+    for number, wire, value in fields(message):
         if number == 1:
-            dims.extend(_packed_varints(buf, value) if wire == 2 else [value])
+            dims.extend(_packed_varints(value) if wire == 2 else [value])
         elif number == 2:
             dtype = value
         elif number == 8:
-            name = bytes(buf[value[0]:value[1]]).decode()
+            name = bytes(value).decode()
         elif number == 9:
-            raw = bytes(buf[value[0]:value[1]])
+            raw = bytes(value)
         elif number == 13:
-            entry = {k: bytes(buf[v[0]:v[1]]).decode() for k, _, v in _fields(buf, *value)}
+            entry = {k: bytes(v).decode() for k, _, v in fields(value)}
             external[entry.get(1, "")] = entry.get(2, "")
         elif number in (4, 10):
             width, code = (4, "<f4") if number == 4 else (8, "<f8")
             if wire == 2:
-                typed.setdefault(number, []).extend(np.frombuffer(bytes(buf[value[0]:value[1]]), dtype=code).tolist())
+                typed.setdefault(number, []).extend(np.frombuffer(bytes(value), dtype=code).tolist())
             else:
                 typed.setdefault(number, []).append(np.frombuffer(value.to_bytes(width, "little"), dtype=code)[0])
         elif number in (5, 7):
-            typed.setdefault(number, []).extend(_packed_varints(buf, value) if wire == 2 else [value])
+            typed.setdefault(number, []).extend(_packed_varints(value) if wire == 2 else [value])
     if dtype not in DTYPES:
         return Initializer(name, np.dtype(np.uint8), tuple(dims), None, b"")  # strings, bools: never weights
     np_dtype = np.dtype(DTYPES[dtype])

@@ -20,6 +20,14 @@ def params_of(model) -> dict:
     return {k: v.detach().float().numpy() for k, v in model.named_parameters()}
 
 
+def mapped(artefact_of, ep: str):
+    """(the tiny SD2 model, its parameters, the artefact's weights, the derived map) for ``ep``'s recipe."""
+    model = tiny_model("tiny-sd2")
+    params = params_of(model)
+    weights = Weights(artefact_of("tiny-sd2", ep).model_path)
+    return model, params, weights, WeightMap.derive(params, weights)
+
+
 @pytest.fixture(scope="module")
 def nudged():
     """tiny-sd2 with every weight nudged: a fresh model's norms are all ones/zeros, a trained one's are not."""
@@ -51,11 +59,7 @@ def test_the_reader_gives_what_onnx_gives(artefact_of, ep):
 
 
 def test_cpu_recipe_maps_every_weight_a_lora_changes(artefact_of):
-    artefact = artefact_of("tiny-sd2", "cpu")
-    model = tiny_model("tiny-sd2")
-    params = params_of(model)
-    weights = Weights(artefact.model_path)
-    weight_map = WeightMap.derive(params, weights)
+    model, params, weights, weight_map = mapped(artefact_of, "cpu")
     lora_able = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
     assert lora_able and all(n in weight_map.places for n in lora_able), [n for n in lora_able if n not in weight_map.places]
     views = {weight_map.places[n]["view"] for n in lora_able}
@@ -79,11 +83,7 @@ def test_a_trained_like_model_maps_its_norms_too(nudged, export_of, shared_regis
 
 
 def test_cuda_recipe_packed_qkv_channels_last_and_fp16(artefact_of):
-    artefact = artefact_of("tiny-sd2", "cuda")
-    model = tiny_model("tiny-sd2")
-    params = params_of(model)
-    weights = Weights(artefact.model_path)
-    weight_map = WeightMap.derive(params, weights)
+    _, params, weights, weight_map = mapped(artefact_of, "cuda")
     q = "middle_block.1.transformer_blocks.0.attn1.to_q.weight"
     k = "middle_block.1.transformer_blocks.0.attn1.to_k.weight"
     place_q, place_k = weight_map.places[q], weight_map.places[k]
@@ -97,11 +97,8 @@ def test_cuda_recipe_packed_qkv_channels_last_and_fp16(artefact_of):
 
 
 def test_replaced_weights_compute_what_pytorch_computes_and_go_back(artefact_of):
-    artefact = artefact_of("tiny-sd2", "cpu")
-    model = tiny_model("tiny-sd2")
-    weights = Weights(artefact.model_path)
-    weight_map = WeightMap.derive(params_of(model), weights)
-    ort = OrtUnet(artefact)
+    model, _, weights, weight_map = mapped(artefact_of, "cpu")
+    ort = OrtUnet(artefact_of("tiny-sd2", "cpu"))
     g = torch.Generator().manual_seed(0)
     x, t, c = torch.randn(1, 4, 8, 8, generator=g), torch.tensor([500.0]), torch.randn(1, 77, 96, generator=g)
     base = ort(x, t, c)
