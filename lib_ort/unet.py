@@ -69,23 +69,21 @@ class OrtUnet(OrtRunner):
                                  cache_dir=cache_dir, trt_profiles=trt_profiles, cuda_options=self.cuda_options)
         #: weights given in place of the artefact's own (initializer -> numpy array ORT reads in place)
         self.replaced: dict = {}
-        self.replaced_external: frozenset = frozenset()  # those the model file keeps in its external data
         self.session, self.runner = self._open()
         self.device = self.device_for(self.plan)
 
     def _open(self):
         thread = GraphThread() if self.plan.io_binding and self.graphs.dedicated_thread else None
         return self.open(self.artefact.model_path, self.plan, self.output_name, graph_thread=thread,
-                         initializers=self.replaced, external=self.replaced_external)
+                         initializers=self.replaced)
 
-    def replace_weights(self, initializers: dict, external=frozenset()) -> None:
+    def replace_weights(self, initializers: dict) -> None:
         """Rebuild the session with ``initializers`` (name -> numpy array) in place of the artefact's own
-        weights of those names (``external``: those its file keeps in external data); ``{}`` goes back to
-        the artefact's weights. The old session is dropped first, so two sessions' weights are never held
-        at once. On an error the runner has no session (``session`` is None) and the error is raised."""
+        weights of those names; ``{}`` goes back to the artefact's weights. The old session is dropped
+        first, so two sessions' weights are never held at once. On an error the runner has no session
+        (``session`` is None) and the error is raised."""
         self.release()
         self.replaced = {name: np.ascontiguousarray(a) for name, a in initializers.items()}
-        self.replaced_external = frozenset(external)
         self.session, self.runner = self._open()
 
     def release(self) -> None:

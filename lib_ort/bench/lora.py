@@ -61,6 +61,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--other-seed", type=int, default=None,
+                    help="also serve another checkpoint of the family (these random weights) from the same artefact")
     args = ap.parse_args(argv)
 
     report: dict = {"cpu": torch.get_num_threads()}
@@ -99,7 +101,6 @@ def main(argv=None) -> dict:
 
     targets = lora_targets(model)
     report["lora_layers"] = len(targets)
-    external = lambda names: {n for n in names if weights.entries[n].external}  # noqa: E731
     for label, weight, seed in (("first_set", 0.8, 1), ("second_set", 0.5, 2)):
         t = time.perf_counter()
         values = lora_delta(model, targets, args.rank, weight, seed)
@@ -108,7 +109,7 @@ def main(argv=None) -> dict:
         overrides = weight_map.overrides(values, weights)
         t_over = time.perf_counter() - t
         t = time.perf_counter()
-        ort.replace_weights(overrides, external(overrides))
+        ort.replace_weights(overrides)
         t_session = time.perf_counter() - t
         out, call_s = call()
         report[label] = {"delta_s": round(delta_s, 2), "overrides_s": round(t_over, 2), "session_s": round(t_session, 1),
@@ -137,9 +138,40 @@ def main(argv=None) -> dict:
     out, report["back_to_none"]["unet_call_s"] = call()
     report["back_to_none"]["max_abs_diff_vs_base"] = float((out - base).abs().max())
     report["back_to_none"]["rss_gb"] = rss_gb()
+    if args.other_seed is not None:
+        report["other_checkpoint"] = other_checkpoint(args, ort, weights, weight_map, model, (x, ts, ctx))
     report["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
     print(json.dumps(report, indent=1))
     return report
+
+
+def other_checkpoint(args, ort, weights, weight_map, model, inputs) -> dict:
+    """Every mapped weight replaced by another checkpoint's (same architecture, other random weights): what
+    serving a fine-tune or merge from one artefact would cost, per switch and per call."""
+    from .architectures import build_unet
+
+    names = [n for n, _ in model.named_parameters()]
+    del model
+    other = build_unet(args.arch, seed=args.other_seed).eval()
+    params = dict(other.named_parameters())
+    out = {"unmapped": len([n for n in names if n not in weight_map.places])}
+    t = time.perf_counter()
+    overrides = weight_map.overrides({n: params[n].detach().numpy() for n in names if n in weight_map.places}, weights)
+    out["overrides_s"] = round(time.perf_counter() - t, 1)
+    out["replaced_gb"] = round(sum(a.nbytes for a in overrides.values()) / 2**30, 2)
+    t = time.perf_counter()
+    ort.replace_weights(overrides)
+    out["session_s"] = round(time.perf_counter() - t, 1)
+    del overrides
+    for label in ("unet_call_s_first", "unet_call_s"):
+        t = time.perf_counter()
+        got = ort(*inputs)
+        out[label] = round(time.perf_counter() - t, 2)
+    with torch.no_grad():
+        ref = other(inputs[0], inputs[1], context=inputs[2])
+    out["max_abs_diff_vs_torch"] = float((got - ref).abs().max())
+    out["rss_gb"] = rss_gb()
+    return out
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import sys
 import time
 
+import torch
 from modules import shared
 
 from ..onnx_weights import Weights
@@ -114,15 +115,20 @@ class NetworkWeights:
         for name in sorted(now):
             for pname, param in modules[name].named_parameters():  # after: a network may add a bias
                 full = f"{name}.{pname}"
+                original = original_value(modules[name], pname, param)
+                if original is not param and torch.equal(original.to(param.device, param.dtype), param):
+                    continue  # not changed (a LoRA leaves the bias as it is): the artefact's own stays
                 if full not in weight_map.places:
                     why = weight_map.unmapped.get(full, "a weight the network adds; the artefact has none there")
                     return f"a network changes {full}, which the ONNX UNet cannot take ({why})"
                 values[full] = param.detach().float().cpu().numpy()
         overrides = weight_map.overrides(values, self.weights) if values else {}
         try:
-            ort.replace_weights(overrides, {n for n in overrides if self.weights.entries[n].external})
+            ort.replace_weights(overrides)
         except Exception as exc:
-            reason = f"ONNX Runtime could not take the network weights ({type(exc).__name__}: {exc})"
+            inline = sorted(n for n in overrides if self.weights.entries[n].external is None)
+            where = f"; stored inside the model file: {', '.join(inline)}" if inline else ""
+            reason = f"ONNX Runtime could not take the network weights ({type(exc).__name__}: {exc}{where})"
             try:
                 ort.replace_weights({})
                 self.applied, self.touched = (), set()
