@@ -94,7 +94,10 @@ class NetworkWeights:
             return None
         if self.refused is not None and self.refused[0] == wanted:
             return self.refused[1]
-        reason = self._switch(ort, unet, extension, wanted)
+        try:
+            reason = self._switch(ort, unet, extension, wanted)
+        except Exception as exc:  # the extension's own code raised: this generation runs on PyTorch, never fails
+            reason = f"the Lora extension could not apply the networks for ORT ({type(exc).__name__}: {exc})"
         self.refused = None if reason is None else (wanted, reason)
         return reason
 
