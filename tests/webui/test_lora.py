@@ -277,3 +277,19 @@ def test_functional_lora_falls_back(webui, extension, lora_model, tmp_path):
 def test_hypernetwork_still_falls_back(webui, extension):
     processed = generate(extension, LABEL, {"hypernet": [ExtraNetworkParams(items=["hn", "1"])]})
     assert "PyTorch fallback: hypernetworks patch the PyTorch UNet's attention" in processed.infotexts[0]
+
+
+def test_an_error_in_the_extension_falls_back(webui, extension, lora_model, tmp_path, monkeypatch):
+    name = make_network(tmp_path, webui, lora_model, "broken", "lora", seed=7)
+
+    original, calls = webui.network_apply_weights, []
+
+    def broken(module):  # fails once (for ORT's call), then works (for the PyTorch fallback)
+        calls.append(module)
+        if len(calls) == 1:
+            raise RuntimeError("broken on purpose")
+        return original(module)
+
+    monkeypatch.setattr(webui, "network_apply_weights", broken)
+    processed = generate(extension, LABEL, prompt((name, 1.0)))
+    assert "PyTorch fallback: the Lora extension could not apply the networks for ORT" in processed.infotexts[0]
