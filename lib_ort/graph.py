@@ -6,6 +6,8 @@ import collections
 import os
 from pathlib import Path
 
+from .onnx_weights import fields
+
 #: tensors smaller than this stay inside model.onnx (shape constants and the like)
 _EMBED_LIMIT = 1024
 
@@ -251,49 +253,16 @@ def node_compute_types(model, names) -> dict[str, str]:
 MEMCPY_OPS = (b"MemcpyToHost", b"MemcpyFromHost")
 
 
-def _fields(buf: bytes):
-    """(field number, wire type, value) of one protobuf message, read from the wire format: the WebUI's
-    environment has no ``onnx`` package, and counting node types needs nothing more."""
-    i, n = 0, len(buf)
-
-    def varint():
-        nonlocal i
-        shift = value = 0
-        while True:
-            byte = buf[i]
-            i += 1
-            value |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                return value
-            shift += 7
-
-    while i < n:
-        key = varint()
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            yield field, wire, varint()
-        elif wire == 1:
-            i += 8
-        elif wire == 2:
-            size = varint()
-            yield field, wire, buf[i:i + size]
-            i += size
-        elif wire == 5:
-            i += 4
-        else:
-            raise ValueError(f"unexpected protobuf wire type {wire}")
-
-
-def _graph_memcpy(graph: bytes) -> int:
+def _graph_memcpy(graph) -> int:
     total = 0
-    for field, wire, node in _fields(graph):
+    for field, wire, node in fields(graph):
         if field != 1 or wire != 2:  # GraphProto.node
             continue
-        for nf, nwire, value in _fields(node):
+        for nf, nwire, value in fields(node):
             if nf == 4 and nwire == 2:  # NodeProto.op_type
                 total += value in MEMCPY_OPS
             elif nf == 5 and nwire == 2:  # NodeProto.attribute: subgraphs of If/Loop/Scan
-                total += sum(_graph_memcpy(g) for af, aw, g in _fields(value) if af in (6, 11) and aw == 2)
+                total += sum(_graph_memcpy(g) for af, aw, g in fields(value) if af in (6, 11) and aw == 2)
     return total
 
 
@@ -302,4 +271,4 @@ def memcpy_count(model) -> int:
     puts them around nodes it placed on the CPU, and a graph with any cannot be captured as a CUDA graph.
     ``model``: a path (its weights may be external; only the graph file is read) or a ModelProto."""
     data = Path(model).read_bytes() if isinstance(model, (str, os.PathLike)) else model.SerializeToString()
-    return sum(_graph_memcpy(g) for field, wire, g in _fields(data) if field == 7 and wire == 2)  # ModelProto.graph
+    return sum(_graph_memcpy(g) for field, wire, g in fields(data) if field == 7 and wire == 2)  # ModelProto.graph

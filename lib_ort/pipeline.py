@@ -108,10 +108,27 @@ def prepare(model: nn.Module | None, registry: Registry, checkpoint: dict, ep: s
     export_s = load_export_info(folder).get("export_s")
     artefact = _optimize(UNET, folder, registry, checkpoint, ep, None, None, report, toolchain=toolchain,
                          timeout=timeout)
+    if model is not None:
+        record_weight_map(model, artefact)
     if not keep_export:
         shutil.rmtree(folder, ignore_errors=True)
         folder = None
     return Prepared(artefact, folder, export_s, artefact.manifest["timings"]["optimize_s"], export_cached, False)
+
+
+def record_weight_map(model: nn.Module, artefact: Artefact) -> None:
+    """Save where each of ``model``'s parameters lives in the artefact's graph (``weight_map``), which Lora
+    networks on the ONNX UNet need. Without a model at hand (the WebUI optimizes after its trace) the WebUI
+    derives it on first use; a failure here is logged, never fatal, for the same reason."""
+    from .onnx_weights import Weights
+    from .weight_map import WeightMap
+
+    try:
+        params = {k: v.detach().float().cpu().numpy() for k, v in model.named_parameters()}
+        WeightMap.derive(params, Weights(artefact.model_path)).save(artefact.folder)
+    except Exception as exc:
+        log.warning("[ORT Turbo] no weight map for %s (%s: %s); it is derived on first use", artefact.id,
+                    type(exc).__name__, exc)
 
 
 def prepare_vae(vae: nn.Module | None, registry: Registry, checkpoint: dict, vae_record: dict, ep: str,

@@ -58,9 +58,10 @@ class OrtRunner:
     def device_for(self, plan) -> torch.device:
         return torch.device("cuda", self.device_id) if plan.io_binding else torch.device("cpu")
 
-    def open(self, model_path, plan, output_name: str, graph_thread=None):
-        """(session, CudaRunner or None): IO binding on the GPU, plain numpy runs on the CPU."""
-        session = create_session(model_path, plan)
+    def open(self, model_path, plan, output_name: str, graph_thread=None, initializers: dict | None = None):
+        """(session, CudaRunner or None): IO binding on the GPU, plain numpy runs on the CPU;
+        ``initializers`` as in ``sessions.create_session``."""
+        session = create_session(model_path, plan, initializers)
         runner = (CudaRunner(session, plan, output_name, ort_stream=self.stream, graph_thread=graph_thread)
                   if plan.io_binding else None)
         return session, runner

@@ -13,6 +13,7 @@ PyTorch; the artefact is remembered for the rest of the session and goes straigh
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .errors import UnsupportedInput
@@ -66,9 +67,24 @@ class OrtUnet(OrtRunner):
         self.plan = plan_session(self.ep, manifest=m, device_id=device_id, stream=self.stream_handle,
                                  cuda_graph=self.graphs.use_graphs, intra_op_threads=intra_op_threads,
                                  cache_dir=cache_dir, trt_profiles=trt_profiles, cuda_options=self.cuda_options)
-        thread = GraphThread() if self.plan.io_binding and self.graphs.dedicated_thread else None
-        self.session, self.runner = self.open(artefact.model_path, self.plan, self.output_name, graph_thread=thread)
+        #: weights given in place of the artefact's own (initializer -> numpy array ORT reads in place)
+        self.replaced: dict = {}
+        self.session, self.runner = self._open()
         self.device = self.device_for(self.plan)
+
+    def _open(self):
+        thread = GraphThread() if self.plan.io_binding and self.graphs.dedicated_thread else None
+        return self.open(self.artefact.model_path, self.plan, self.output_name, graph_thread=thread,
+                         initializers=self.replaced)
+
+    def replace_weights(self, initializers: dict) -> None:
+        """Rebuild the session with ``initializers`` (name -> numpy array) in place of the artefact's own
+        weights of those names; ``{}`` goes back to the artefact's weights. The old session is dropped
+        first, so two sessions' weights are never held at once. On an error the runner has no session
+        (``session`` is None) and the error is raised."""
+        self.release()
+        self.replaced = {name: np.ascontiguousarray(a) for name, a in initializers.items()}
+        self.session, self.runner = self._open()
 
     def release(self) -> None:
         """Drop the session (its device memory goes back once nothing else holds it)."""

@@ -234,9 +234,10 @@ def comment_under_image(p, text: str) -> None:
 def forced_fallback_reason(p) -> str | None:
     """What in this batch the ONNX UNet would silently ignore, or None."""
     networks = getattr(p, "extra_network_data", None) or {}
-    active = sorted(name for name, params in networks.items() if params and name in ("lora", "lyco", "hypernet"))
-    if active:
-        return f"{'/'.join(active)} networks in the prompt are not part of the UNet artefact"
+    if networks.get("hypernet"):
+        # a hypernetwork changes attention's inputs inside the PyTorch UNet's forward, not its weights
+        return "hypernetworks patch the PyTorch UNet's attention, which the artefact does not have"
+    # Lora networks (LoRA, LyCORIS) are weight deltas: webui.networks applies them to the ONNX UNet
     unet = shared.sd_model.model.diffusion_model
     if "forward" in vars(unet):
         return "ControlNet or another extension replaced the UNet's forward"

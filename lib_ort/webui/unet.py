@@ -19,6 +19,7 @@ from ..errors import ArtefactError, OrtTurboError, RuntimeUnavailable, Unsupport
 from ..unet import OrtUnet
 from . import service, settings
 from .job import current_job
+from .networks import NetworkWeights
 
 LABEL = "ORT Turbo"
 
@@ -81,6 +82,7 @@ class OrtTurboUnet(sd_unet.SdUnet):
         self.unavailable: str | None = None
         self.retry = True
         self.torch_unet_on_device = False
+        self.networks = NetworkWeights()
 
     # -- binding to the loaded checkpoint ---------------------------------------------------------
 
@@ -152,6 +154,8 @@ class OrtTurboUnet(sd_unet.SdUnet):
         reason = job.forced_fallback or self.bind()
         if reason is None and self.ort is None:  # cannot happen after bind(); never call None if it does
             reason = "ORT Turbo has no session for this checkpoint"
+        if reason is None:
+            reason = self.networks.sync(self.ort, shared.sd_model.model.diffusion_model)
         if reason is None:
             try:
                 out = self.ort(x, timesteps, context, y=kwargs.get("y"), control=kwargs.get("control"))

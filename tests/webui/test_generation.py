@@ -145,9 +145,9 @@ def test_fallback_shape_out_of_range(fresh_webui, exported, extension):
                             batch_size=9, steps=1, cfg_scale=7.0)
 
 
-def test_fallback_lora_in_the_prompt(fresh_webui, exported, extension):
-    assert_pytorch_fallback(extension, "lora networks in the prompt", steps=1,
-                            extra_network_data={"lora": [object()]})
+def test_fallback_hypernetwork_in_the_prompt(fresh_webui, exported, extension):
+    assert_pytorch_fallback(extension, "hypernetworks patch the PyTorch UNet's attention", steps=1,
+                            extra_network_data={"hypernet": [object()]})
 
 
 def test_fallback_controlnet(fresh_webui, exported, extension, sd2_model):

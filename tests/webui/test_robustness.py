@@ -409,13 +409,13 @@ def test_lowvram_leaves_the_pytorch_unet_where_the_webui_put_it(fresh_webui, exp
     monkeypatch.setattr(sd2_model.unet, "to", lambda *a, **k: moves.append(a) or sd2_model.unet, raising=False)
     monkeypatch.setattr(sd2_model, "lowvram", True)
     shared.opts.data["sd_unet"] = LABEL
-    p, processed = run(extension, steps=1, extra_network_data={"lora": ["x"]})  # a fallback to PyTorch
-    assert "PyTorch fallback: lora networks" in processed.infotexts[0]
+    p, processed = run(extension, steps=1, extra_network_data={"hypernet": ["x"]})  # a fallback to PyTorch
+    assert "PyTorch fallback: hypernetworks" in processed.infotexts[0]
     sd_unet.apply_unet("None")
     assert torch.device("cuda", 0) not in [a[0] for a in moves if a]  # never to the GPU: lowvram's hooks do it
     monkeypatch.setattr(sd2_model, "lowvram", False)
     moves.clear()
-    run(extension, steps=1, extra_network_data={"lora": ["x"]})
+    run(extension, steps=1, extra_network_data={"hypernet": ["x"]})
     assert (torch.device("cuda", 0),) in moves
 
 

@@ -8,7 +8,7 @@ from contextlib import closing
 
 import torch
 
-from modules import devices, sd_unet, shared
+from modules import devices, extra_networks, sd_unet, shared
 from modules.sd_samplers_cfg_denoiser import CFGDenoiser
 from modules.sd_samplers_common import store_latent
 
@@ -179,12 +179,14 @@ def process_images_inner(p):
     for n in range(p.n_iter):
         if shared.state.interrupted:
             break
+        extra_networks.activate(p, p.extra_network_data)  # loads the prompt's Lora networks (none: unloads)
         p.scripts.process_batch(p, batch_number=n)
         samples = p.sample()
         decoded = _decode(samples)
         p.scripts.postprocess_batch(p, decoded, batch_number=n)
         images.append(decoded)
         infotexts.append(create_infotext(p))
+    extra_networks.deactivate(p, p.extra_network_data)
     processed = Processed(images, infotexts)
     p.scripts.postprocess(p, processed)
     return processed
