@@ -64,11 +64,18 @@ def cmd_export(args) -> dict:
 
 
 def cmd_optimize(args) -> dict:
-    from .pipeline import prepare
+    from .memory import release_memory
+    from .pipeline import ensure_export, export_needed, prepare
     from .registry import Registry
 
+    registry = Registry(args.root)
     model, checkpoint = _model_and_checkpoint(args)
-    prepared = prepare(model, Registry(args.root), checkpoint, args.ep, toolchain=_toolchain(args),
+    if export_needed(registry, checkpoint, args.ep, opset=args.opset, force=args.force):
+        ensure_export(model, registry, checkpoint, opset=args.opset, progress=_console_progress)
+    # the optimization child gets the memory the model held: this process keeps nothing of it
+    del model
+    release_memory()
+    prepared = prepare(None, registry, checkpoint, args.ep, toolchain=_toolchain(args),
                        opset=args.opset, force=args.force, progress=_console_progress)
     m = prepared.artefact.manifest
     return {"artefact": prepared.artefact.id, "folder": str(prepared.artefact.folder), "cached": prepared.artefact_cached,
