@@ -1,11 +1,13 @@
 """The optimization child process: ``python -m lib_ort.olive_child JOB.json``.
 
-Runs one Olive workflow on an exported ONNX UNet and leaves, in the job's work folder,
-``model/model.onnx`` + ``model/weights.pb`` and ``result.json`` (versions of the toolchain that
-made it, fused op counts). It runs in the Olive toolchain's interpreter, which may differ from the
-WebUI's: it imports only the standard library, Olive, ONNX and ``lib_ort.graph``/``lib_ort.recipes``
-(both free of torch and of the WebUI). Its memory (16+ GB for a full-size UNet) goes back to the
-system when it exits.
+Applies a recipe (Olive passes, as data) to an exported ONNX model and leaves, in the job's work folder,
+``model/model.onnx`` + ``model/weights.pb`` and ``result.json`` (versions of the toolchain that made it,
+fused op counts). A recipe whose one pass is ORT's transformers optimization (cpu, cuda, dml) runs that
+pass with the weights left on disk (``lib_ort.transformers_pass``: the graph Olive makes, at a fraction of
+the memory); any other recipe runs in Olive. It runs in the Olive toolchain's interpreter, which may
+differ from the WebUI's: it imports only the standard library, Olive, ONNX, ONNX Runtime and
+``lib_ort.graph``/``lib_ort.recipes``/``lib_ort.transformers_pass`` (free of torch and of the WebUI).
+Its memory goes back to the system when it exits.
 """
 
 from __future__ import annotations
