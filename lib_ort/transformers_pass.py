@@ -33,9 +33,9 @@ import os
 from pathlib import Path
 
 PASS_TYPE = "OrtTransformersOptimization"
-#: the fp16 side file's name in the export folder (one per child process: two optimizations of one
-#: export never share it)
-FP16_PREFIX = "ort-turbo-fp16-"
+#: the side files' names in the export folder (one per child process: two optimizations of one export
+#: never share them): the weights the fusions made, and the fp16 weights
+SIDE_PREFIX = "ort-turbo-side-"
 #: pass options this runner does not implement: such a pass runs in Olive as it is
 _OLIVE_ONLY = ("use_gqa", "input_int32", "only_onnxruntime")
 
@@ -60,9 +60,9 @@ def _working_directory(path: Path):
 
 def _remove_stale_side_files(folder: Path) -> None:
     """Side files left by a child that was killed (their process is gone)."""
-    for f in folder.glob(FP16_PREFIX + "*.bin"):
+    for f in folder.glob(SIDE_PREFIX + "*.bin"):
         try:
-            pid = int(f.stem[len(FP16_PREFIX):])
+            pid = int(f.stem[len(SIDE_PREFIX):].split("-")[0])
             os.kill(pid, 0)
         except ProcessLookupError:
             f.unlink(missing_ok=True)
@@ -119,6 +119,26 @@ def _fp16_on_disk(folder: Path, name: str):
             float16.convert_tensor_float_to_float16 = convert_in_memory
 
 
+def _spill(model, folder: Path, name: str) -> None:
+    """Move the weights the fusions made in memory (fused QKV, channels-last convolutions) to
+    ``folder/name`` and point at them: the shape inference that the fp16 conversion runs copies the
+    whole model, and so copies nothing large."""
+    import onnx
+
+    from .graph import _EMBED_LIMIT, _data_fields
+
+    with open(folder / name, "wb") as out:
+        for tensor in model.graph.initializer:
+            if tensor.data_location == onnx.TensorProto.EXTERNAL or _data_fields(tensor) \
+                    or len(tensor.raw_data) < _EMBED_LIMIT:
+                continue
+            out.write(b"\0" * ((-out.tell()) % 64))
+            _point(tensor, name, out.tell(), len(tensor.raw_data))
+            out.write(tensor.raw_data)
+            tensor.ClearField("raw_data")
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+
+
 def check_external_lengths(model) -> None:
     """Every weight on disk must span exactly its shape times its element size."""
     import onnx
@@ -151,7 +171,7 @@ def run(pass_config: dict, model_path: str | os.PathLike, out_path: str | os.Pat
     model_path, out_path = Path(model_path).resolve(), Path(out_path).resolve()
     folder = model_path.parent
     _remove_stale_side_files(folder)
-    side = f"{FP16_PREFIX}{os.getpid()}.bin"
+    spill, side = f"{SIDE_PREFIX}{os.getpid()}-fused.bin", f"{SIDE_PREFIX}{os.getpid()}-fp16.bin"
     model = onnx.load(str(model_path), load_external_data=False)
     model_type = pass_config["model_type"]
     options = None
@@ -165,6 +185,7 @@ def run(pass_config: dict, model_path: str | os.PathLike, out_path: str | os.Pat
                 hidden_size=pass_config.get("hidden_size", 0), optimization_options=options, opt_level=0,
                 use_gpu=bool(pass_config.get("use_gpu")))
             del model
+            _spill(optimized.model, folder, spill)
             if pass_config.get("float16"):
                 with _fp16_on_disk(folder, side):
                     optimized.convert_float_to_float16(
@@ -177,5 +198,6 @@ def run(pass_config: dict, model_path: str | os.PathLike, out_path: str | os.Pat
         out_path.parent.mkdir(parents=True, exist_ok=True)
         save_streamed(optimized.model, folder, out_path, weights_name)
     finally:
-        (folder / side).unlink(missing_ok=True)
+        for name in (spill, side):
+            (folder / name).unlink(missing_ok=True)
     return out_path
