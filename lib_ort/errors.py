@@ -56,3 +56,13 @@ class ExportBusy(OrtTurboError):
 
 class DiskFull(ExportError):
     """The disk ran out of space while an export was written; nothing half-written was registered."""
+
+
+class NotEnoughMemory(OptimizationError):
+    """The machine has (or had) too little memory for the optimization; the message gives the numbers.
+    Raised before the child starts, or when the OOM killer ended it; no artefact was written."""
+
+    def __init__(self, message: str, *, needed_mb: float | None = None, available_mb: float | None = None):
+        super().__init__(message)
+        self.needed_mb = needed_mb
+        self.available_mb = available_mb

@@ -29,6 +29,7 @@ from torch import nn
 
 from .errors import ExportError
 from .graph import consolidate_external_data
+from .memory import Need, check_disk, tensor_bytes_mb
 
 MODEL_FILE = "model.onnx"
 WEIGHTS_FILE = "weights.pb"
@@ -160,7 +161,8 @@ def export_model(model_kind, model: nn.Module, out_dir: str | os.PathLike, *, pa
                  consolidate: bool | None = None, progress=None) -> ExportResult:
     """Export ``parts`` (default: all) of ``model``, a ``model_kind`` (``lib_ort.parts.base.Model``), to ``out_dir``.
 
-    ``out_dir`` must not exist; it appears only when every part is complete. The model is moved to CPU
+    ``out_dir`` must not exist; it appears only when every part is complete. A disk with less free space
+    than the export needs (from the model's size) is refused first (``DiskFull``), before any tracing. The model is moved to CPU
     fp32 for the trace and put back afterwards. ``progress`` is an optional ``callable(fraction, message)``.
     The weights are gathered into one file here when the ``onnx`` package is importable
     (``consolidate=None``); the WebUI's environment does not have it (it pins protobuf 3.20.0), and then
@@ -175,6 +177,7 @@ def export_model(model_kind, model: nn.Module, out_dir: str | os.PathLike, *, pa
         raise ExportError(str(exc)) from exc
     label = model_kind.label(description)
     consolidate = onnx_available() if consolidate is None else consolidate
+    check_disk(out_dir.parent, Need(tensor_bytes_mb(model)).export_disk_mb, f"exporting {label}")
     start = time.perf_counter()
     with staged_folder(out_dir, label) as work:
         infos = {}

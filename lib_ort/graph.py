@@ -47,6 +47,81 @@ def initializer_types(model) -> dict[str, int]:
     return dict(counts)
 
 
+#: how much of a weights file is copied at once (a tensor may be larger: memory stays bounded)
+_COPY_CHUNK = 64 * 2**20
+
+
+def _data_fields(tensor):
+    import onnx
+
+    return [f for f in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
+            if getattr(tensor, f)] if tensor.data_type != onnx.TensorProto.STRING else []
+
+
+def save_streamed(model, source_dir, out_path, weights_name: str) -> set[Path]:
+    """Save ``model`` (a ModelProto whose weights may still be on disk) as ``out_path`` with every large
+    tensor in ``weights_name`` beside it, one tensor at a time: a weight still on disk (external, not
+    loaded) is copied from its file under ``source_dir`` in chunks, one held in memory is written and
+    dropped from the proto. So saving a 10 GB model needs no more memory than its graph.
+
+    The graph file is staged and renamed last. Returns the source files the weights were read from.
+    Tensors under ``_EMBED_LIMIT`` bytes stay in the graph (shape constants, which shape inference reads).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    source_dir, out_path = Path(source_dir), Path(out_path)
+    sources: set[Path] = set()
+    with open(out_path.parent / weights_name, "wb") as out:
+        for tensor in model.graph.initializer:
+            src = None
+            if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                info = {e.key: e.value for e in tensor.external_data}
+                src = source_dir / info["location"]
+                sources.add(src)
+                offset, length = int(info.get("offset", 0)), info.get("length")
+                length = int(length) if length is not None else src.stat().st_size - offset
+                data = None
+            else:
+                fields = _data_fields(tensor)
+                if fields:  # typed fields (float_data, ...): their bytes as ONNX stores them raw
+                    data = numpy_helper.to_array(tensor).tobytes()
+                    for f in fields:
+                        tensor.ClearField(f)
+                else:
+                    data = tensor.raw_data
+                if len(data) < _EMBED_LIMIT:
+                    if fields:
+                        tensor.raw_data = data
+                    continue
+                length = len(data)
+            out.write(b"\0" * ((-out.tell()) % 64))  # aligned offsets let ORT map the weights
+            start = out.tell()
+            if data is None:
+                with open(src, "rb") as f:
+                    f.seek(offset)
+                    left = length
+                    while left:
+                        chunk = f.read(min(left, _COPY_CHUNK))
+                        if not chunk:
+                            raise ValueError(f"{src} ends before the data of tensor {tensor.name}")
+                        out.write(chunk)
+                        left -= len(chunk)
+            else:
+                out.write(data)
+            tensor.ClearField("raw_data")
+            del tensor.external_data[:]
+            for key, value in (("location", weights_name), ("offset", str(start)), ("length", str(length))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            del data
+    staged = out_path.with_name(out_path.name + ".part")
+    onnx.save(model, str(staged))
+    os.replace(staged, out_path)
+    return sources
+
+
 def consolidate_external_data(model_path, weights_name: str) -> None:
     """Rewrite ``model_path`` so every large tensor lives in one file beside it.
 
@@ -56,43 +131,13 @@ def consolidate_external_data(model_path, weights_name: str) -> None:
     import onnx
 
     model_path = Path(model_path)
-    folder = model_path.parent
     model = onnx.load(str(model_path), load_external_data=False)
     locations = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
     embedded = any(len(t.raw_data) >= _EMBED_LIMIT for t in model.graph.initializer)
     if locations <= {weights_name} and not embedded:
         return  # already one file
-    old_files: set[Path] = set()
-    with open(folder / weights_name, "wb") as out:
-        for tensor in model.graph.initializer:
-            if tensor.data_location == onnx.TensorProto.EXTERNAL:
-                info = {e.key: e.value for e in tensor.external_data}
-                src = folder / info["location"]
-                old_files.add(src)
-                with open(src, "rb") as f:
-                    f.seek(int(info.get("offset", 0)))
-                    length = info.get("length")
-                    data = f.read(int(length)) if length is not None else f.read()
-            elif len(tensor.raw_data) >= _EMBED_LIMIT:
-                data = tensor.raw_data
-            else:
-                continue
-            pad = (-out.tell()) % 64  # aligned offsets let ORT map the weights
-            out.write(b"\0" * pad)
-            offset = out.tell()
-            out.write(data)
-            tensor.ClearField("raw_data")
-            del tensor.external_data[:]
-            for key, value in (("location", weights_name), ("offset", str(offset)), ("length", str(len(data)))):
-                entry = tensor.external_data.add()
-                entry.key, entry.value = key, value
-            tensor.data_location = onnx.TensorProto.EXTERNAL
-            del data
     # the new graph replaces the old one only once the weights file is complete
-    staged = folder / (model_path.name + ".part")
-    onnx.save(model, str(staged))
-    os.replace(staged, model_path)
-    for f in old_files:
+    for f in save_streamed(model, model_path.parent, model_path, weights_name):
         if f.name != weights_name:
             f.unlink(missing_ok=True)
 

@@ -1,11 +1,13 @@
 """The optimization child process: ``python -m lib_ort.olive_child JOB.json``.
 
-Runs one Olive workflow on an exported ONNX UNet and leaves, in the job's work folder,
-``model/model.onnx`` + ``model/weights.pb`` and ``result.json`` (versions of the toolchain that
-made it, fused op counts). It runs in the Olive toolchain's interpreter, which may differ from the
-WebUI's: it imports only the standard library, Olive, ONNX and ``lib_ort.graph``/``lib_ort.recipes``
-(both free of torch and of the WebUI). Its memory (16+ GB for a full-size UNet) goes back to the
-system when it exits.
+Applies a recipe (Olive passes, as data) to an exported ONNX model and leaves, in the job's work folder,
+``model/model.onnx`` + ``model/weights.pb`` and ``result.json`` (versions of the toolchain that made it,
+fused op counts). A recipe whose one pass is ORT's transformers optimization (cpu, cuda, dml) runs that
+pass with the weights left on disk (``lib_ort.transformers_pass``: the graph Olive makes, at a fraction of
+the memory); any other recipe runs in Olive. It runs in the Olive toolchain's interpreter, which may
+differ from the WebUI's: it imports only the standard library, Olive, ONNX, ONNX Runtime and
+``lib_ort.graph``/``lib_ort.recipes``/``lib_ort.transformers_pass`` (free of torch and of the WebUI).
+Its memory goes back to the system when it exits.
 """
 
 from __future__ import annotations
@@ -46,8 +48,7 @@ def main(job_path: str) -> int:
 
 def _optimize(job: dict) -> int:
     work = Path(job["work_dir"])
-    from olive.workflows import run as olive_run
-
+    from lib_ort import transformers_pass
     from lib_ort.graph import consolidate_external_data, io_types, op_counts
 
     start = time.perf_counter()
@@ -62,23 +63,32 @@ def _optimize(job: dict) -> int:
         staged = info_path.with_suffix(".part")
         staged.write_text(json.dumps(info, indent=2))
         os.replace(staged, info_path)
-    print(f"[ORT Turbo] optimizing with Olive for {job['ep']}", flush=True)
-    olive_run(copy.deepcopy(job["olive_config"]))  # Olive pops keys from the dict it is given
-    produced = Path(job["olive_config"]["output_dir"])
-    models = sorted(produced.rglob("*.onnx"))
-    if len(models) != 1:
-        print(f"[ORT Turbo] Olive produced {len(models)} models in {produced}, expected 1", file=sys.stderr)
-        return 3
-    onnx_path = models[0]
     final = work / "model"
-    final.mkdir()
-    shutil.move(str(onnx_path), final / "model.onnx")
-    weights = onnx_path.parent / job["weights_file"]
-    if weights.exists():
-        shutil.move(str(weights), final / job["weights_file"])
+    produced = Path(job["olive_config"]["output_dir"])
+    passes = list(job["olive_config"]["passes"].values())
+    export_model = export_dir / job["olive_config"]["input_model"]["onnx_file_name"]
+    if len(passes) == 1 and transformers_pass.supports(passes[0]):
+        # the recipe's one pass, run by ORT's optimizer on the graph alone (weights stay on disk)
+        print(f"[ORT Turbo] optimizing for {job['ep']}: {passes[0]['type']} with the weights on disk", flush=True)
+        transformers_pass.run(passes[0], export_model, final / "model.onnx", job["weights_file"])
+    else:
+        print(f"[ORT Turbo] optimizing with Olive for {job['ep']}", flush=True)
+        from olive.workflows import run as olive_run
+
+        olive_run(copy.deepcopy(job["olive_config"]))  # Olive pops keys from the dict it is given
+        models = sorted(produced.rglob("*.onnx"))
+        if len(models) != 1:
+            print(f"[ORT Turbo] Olive produced {len(models)} models in {produced}, expected 1", file=sys.stderr)
+            return 3
+        onnx_path = models[0]
+        final.mkdir()
+        shutil.move(str(onnx_path), final / "model.onnx")
+        weights = onnx_path.parent / job["weights_file"]
+        if weights.exists():
+            shutil.move(str(weights), final / job["weights_file"])
     fp32_nodes = []
     if job.get("fp32_time_embedding"):
-        fp32_nodes = _fp32_time_embedding(final / "model.onnx", export_dir / job["olive_config"]["input_model"]["onnx_file_name"])
+        fp32_nodes = _fp32_time_embedding(final / "model.onnx", export_model)
     elapsed = time.perf_counter() - start
     result = {
         "optimize_s": round(elapsed, 2),

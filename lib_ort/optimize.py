@@ -3,8 +3,9 @@
 The child (``lib_ort.olive_child``) runs in a *toolchain*: an interpreter and an environment given
 as parameters. In the WebUI that is a separate environment holding Olive and its dependencies
 (they clash with the WebUI's pins); in tests and on the command line it is this interpreter.
-Olive's memory (16+ GB for a full-size UNet) is returned to the system when the child exits, and a
-failed or killed child leaves no artefact, only an error saying why.
+Its memory is returned to the system when the child exits, and a failed or killed child leaves no
+artefact, only an error saying why (running out of memory included). Before it starts, the memory and
+the disk it needs (from the export's size, ``lib_ort.memory``) are checked.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import time
 from pathlib import Path
 
 from . import __version__, providers
-from .errors import OptimizationError
+from .errors import NotEnoughMemory, OptimizationError
 from .export import MODEL_FILE, WEIGHTS_FILE
+from .memory import Need, check_disk, check_memory, folder_weights_mb, mem_available_mb, oom_killed, process_memory_mb
 from .parts.base import Model
 from .parts.unet import UNET
 from .providers import provider
@@ -56,14 +58,18 @@ def _tail(path: Path, lines: int = 25) -> str:
 
 
 def run_olive_child(job: dict, work: Path, label: str, toolchain: Toolchain, *, timeout: float | None = None,
-                    progress=None) -> None:
+                    progress=None, needed_mb: float | None = None) -> None:
     """Run ``lib_ort.olive_child`` on ``job`` in ``work`` (its log: ``work/olive.log``); raise
-    ``OptimizationError`` saying why if it fails, is killed or runs past ``timeout``."""
+    ``OptimizationError`` saying why if it fails, is killed or runs past ``timeout``, and
+    ``NotEnoughMemory`` (with the child's peak, what was available and ``needed_mb``) when the kernel's
+    OOM killer ended it."""
     report = progress or (lambda fraction, message: None)
     log_path = work / "olive.log"
     (work / "job.json").write_text(json.dumps(job, indent=2))
     cmd = [toolchain.python, "-m", "lib_ort.olive_child", str(work / "job.json")]
     start = time.perf_counter()
+    available_at_start = mem_available_mb()
+    peak_mb, least_available = 0.0, available_at_start
     with open(log_path, "w") as log:
         child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=toolchain.environment(),
                                  cwd=str(work))
@@ -74,6 +80,12 @@ def run_olive_child(job: dict, work: Path, label: str, toolchain: Toolchain, *, 
                     child.kill()
                     child.wait()
                     raise OptimizationError(f"the {label} optimization took longer than {timeout:.0f} s and was stopped")
+                seen = process_memory_mb(child.pid)
+                if seen is not None:
+                    peak_mb = max(peak_mb, seen[1])
+                now = mem_available_mb()
+                if now is not None and least_available is not None:
+                    least_available = min(least_available, now)
                 report(min(0.95, 0.1 + elapsed / 600), f"optimizing for {label} with Olive ({elapsed:.0f} s)")
                 time.sleep(0.5)
         except BaseException:
@@ -82,12 +94,26 @@ def run_olive_child(job: dict, work: Path, label: str, toolchain: Toolchain, *, 
                 child.wait()
             raise
     if child.returncode != 0:
+        if oom_killed(child.returncode):
+            raise NotEnoughMemory(_oom_message(label, peak_mb, available_at_start, least_available, needed_mb),
+                                  needed_mb=needed_mb, available_mb=available_at_start)
         if child.returncode < 0:
-            name = signal.Signals(-child.returncode).name
-            why = f"was killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
+            why = f"was killed by {signal.Signals(-child.returncode).name}"
         else:
             why = f"failed (exit code {child.returncode})"
         raise OptimizationError(f"the {label} optimization {why}. Last lines of its log:\n{_tail(log_path)}")
+
+
+def _oom_message(label: str, peak_mb: float, available_mb: float | None, least_mb: float | None,
+                 needed_mb: float | None) -> str:
+    gb = lambda mb: f"{mb / 1024:.1f} GB"  # noqa: E731
+    facts = [f"it had reached {gb(peak_mb)}" if peak_mb else None,
+             f"{gb(available_mb)} was available when it started" if available_mb is not None else None,
+             f"{gb(least_mb)} at the lowest" if least_mb is not None else None,
+             f"it needs about {gb(needed_mb)}" if needed_mb else None]
+    return (f"the {label} optimization ran out of memory: the system killed it (SIGKILL) "
+            f"({', '.join(f for f in facts if f)}). Nothing was registered. Close other programs (or unload "
+            "the checkpoint in the WebUI) and try again.")
 
 
 def optimize_export(export_folder: str | os.PathLike, ep: str, registry: Registry, *, checkpoint: dict,
@@ -109,6 +135,9 @@ def optimize_export(export_folder: str | os.PathLike, ep: str, registry: Registr
     recipe = recipe or model.recipe(ep, precision)
     slug = "" if model.kind == "unet" else f"{model.kind}-"
     label = providers.label(ep) if model.kind == "unet" else f"{providers.label(ep)} {model.kind.upper()}"
+    need = Need(folder_weights_mb(export_folder))
+    check_memory(need, f"the {model.kind} for {label}")
+    check_disk(registry.root, need.artefact_disk_mb, f"the {label} {model.kind} artefact")
     work = registry.new_work_folder(f"optimize-{slug}{ep}")
     try:
         jobs = []
@@ -119,7 +148,8 @@ def optimize_export(export_folder: str | os.PathLike, ep: str, registry: Registr
                          "olive_config": olive_config(recipe, str(part.path(export_folder)), MODEL_FILE,
                                                       str(part_work / "olive-out"), str(work / "cache"))})
         start = time.perf_counter()
-        run_olive_child({"ep": ep, "parts": jobs}, work, label, toolchain, timeout=timeout, progress=report)
+        run_olive_child({"ep": ep, "parts": jobs}, work, label, toolchain, timeout=timeout, progress=report,
+                        needed_mb=need.optimize_mb)
         # move each part's model folder out of the work folder, then drop the work folder
         staged = registry.new_work_folder(f"stage-{slug}{ep}")
         results, files = {}, []

@@ -83,6 +83,17 @@ def _optimize(model: Model, export_dir: Path, registry: Registry, checkpoint: di
                            vae=vae_record, progress=lambda f, m: report(share + (1 - share) * f, m), **kwargs)
 
 
+def export_needed(registry: Registry, checkpoint: dict, ep: str, *, opset: int = DEFAULT_OPSET,
+                  force: bool = False) -> bool:
+    """Whether ``prepare`` would trace the model: no export yet, and no valid artefact (or ``force``).
+
+    The command line and the benchmark ask first, export, then drop their model before ``prepare``
+    optimizes: the optimization child then has the machine's memory to itself."""
+    if (export_folder(registry, checkpoint["hash"], opset) / "export.json").exists():
+        return False
+    return force or _reusable(UNET, registry, checkpoint, ep, None, None, None) is None
+
+
 def prepare(model: nn.Module | None, registry: Registry, checkpoint: dict, ep: str, *,
             toolchain: Toolchain = Toolchain(), opset: int = DEFAULT_OPSET, keep_export: bool = True,
             force: bool = False, progress=None, timeout: float | None = None) -> Prepared:

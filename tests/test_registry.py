@@ -5,7 +5,7 @@ import stat
 import pytest
 
 from conftest import checkpoint_of
-from lib_ort.errors import ArtefactError, OptimizationError
+from lib_ort.errors import ArtefactError, NotEnoughMemory, OptimizationError
 from lib_ort.optimize import Toolchain, optimize_export
 from lib_ort.registry import MANIFEST, Registry, artefact_id
 
@@ -165,7 +165,7 @@ def _fake_interpreter(tmp_path, body: str):
 def test_killed_optimization_leaves_no_artefact_and_says_why(tmp_path, export_of):
     reg = Registry(tmp_path / "reg")
     killer = _fake_interpreter(tmp_path, 'echo "loading olive"; kill -9 $$')
-    with pytest.raises(OptimizationError, match="killed by SIGKILL \\(out of memory\\?\\)"):
+    with pytest.raises(NotEnoughMemory, match="ran out of memory: the system killed it \\(SIGKILL\\).*GB was available"):
         optimize_export(export_of("tiny-sd1"), "cpu", reg, checkpoint=checkpoint_of("tiny-sd1"),
                         toolchain=Toolchain(python=killer))
     assert reg.list() == [] and list(reg.root.iterdir()) == []

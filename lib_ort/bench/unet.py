@@ -17,10 +17,12 @@ import torch
 from ..describe import describe_unet, state_dict_digest
 from ..graph import op_counts
 from ..optimize import Toolchain
-from ..pipeline import prepare
+from ..memory import release_memory
+from ..pipeline import ensure_export, export_needed, prepare
 from ..registry import Registry
 from .architectures import ARCHITECTURES, build_unet, example_inputs
 from .baselines import baselines_for, fastest_baseline, run_as
+from .memory import TreeMemory
 from .timing import peak_rss_mb, rel_err, time_calls, time_interleaved
 
 #: ops that show a recipe worked (the rest of the graph's op counts are left out of the report)
@@ -30,31 +32,66 @@ FUSED_OPS = ("MultiHeadAttention", "Attention", "GroupNorm", "SkipGroupNorm", "N
 
 def run_bench(arch: str, ep: str = "cpu", *, batch: int = 1, height: int | None = None, width: int | None = None,
               seq: int = 77, runs: int = 5, warmup: int = 1, root=None, unfused: bool = False, seed: int = 0,
-              toolchain: Toolchain = Toolchain(), progress=None) -> dict:
+              interleave: bool = False, toolchain: Toolchain = Toolchain(), progress=None) -> dict:
+    """One UNet call, the WebUI's PyTorch paths against ORT. By default in the order that holds the least
+    memory at once: the PyTorch paths are timed (interleaved among themselves) and the model traced, then
+    dropped before the optimization child starts and the ORT session loads. ``interleave`` keeps the model
+    and times every path and ORT interleaved (fairer against a drifting machine, but the model and the
+    session are held together). ``peak_rss_mb`` is the peak of the whole process tree (this process and
+    the child together), sampled; ``memory`` has it per phase and per process."""
+    with TreeMemory() as memory:
+        result = _run_bench(memory, arch, ep, batch=batch, height=height, width=width, seq=seq, runs=runs,
+                            warmup=warmup, root=root, unfused=unfused, seed=seed, interleave=interleave,
+                            toolchain=toolchain, progress=progress)
+    result["memory"] = memory.report()
+    result["peak_rss_mb"] = result["memory"]["peak_rss_mb"]
+    result["optimize_peak_rss_mb"] = next((p["hwm_mb"] for p in result["memory"].get("processes", ())
+                                           if p["name"] == "lib_ort.olive_child"), None)
+    return result
+
+
+def _run_bench(memory, arch, ep, *, batch, height, width, seq, runs, warmup, root, unfused, seed, interleave,
+               toolchain, progress) -> dict:
     from ..unet import OrtUnet
 
     spec = ARCHITECTURES[arch]
     latent_h = (height // 8) if height else spec.latent_size
     latent_w = (width // 8) if width else spec.latent_size
     registry = Registry(root)
+    memory.phase("build")
     model = build_unet(arch, seed=seed)
     description = describe_unet(model)
     checkpoint = {"hash": state_dict_digest(model), "name": f"{arch} (random weights, seed {seed})"}
-    prepared = prepare(model, registry, checkpoint, ep, toolchain=toolchain, progress=progress)
     inputs = example_inputs(model, batch, latent_h, latent_w, seq, seed=seed)
-
     args = (inputs["x"], inputs["timesteps"], inputs["context"])
     kwargs = {"y": inputs["y"]} if "y" in inputs else {}
-    ort_unet = OrtUnet(prepared.artefact)
     label = f"ORT {ep} recipe"
+
+    memory.phase("torch")
     with torch.no_grad():
         ref = model(**inputs)
         calls = {name: run_as(model, forwards, lambda: model(**inputs))
                  for name, forwards in baselines_for(model).items()}
         errors = {name: rel_err(call(), ref) for name, call in calls.items()}
+        timings = {} if interleave else time_interleaved(calls, runs, warmup)
+    if export_needed(registry, checkpoint, ep):
+        memory.phase("export")
+        ensure_export(model, registry, checkpoint, progress=progress)
+    if not interleave:
+        del model, calls
+        release_memory()
+    memory.phase("optimize")
+    prepared = prepare(None, registry, checkpoint, ep, toolchain=toolchain, progress=progress)
+
+    memory.phase("ort")
+    ort_unet = OrtUnet(prepared.artefact)
+    with torch.no_grad():
         out = ort_unet(*args, **kwargs)
-        calls[label] = lambda: ort_unet(*args, **kwargs)
-        timings = time_interleaved(calls, runs, warmup)
+        ort_call = lambda: ort_unet(*args, **kwargs)  # noqa: E731
+        if interleave:
+            timings = time_interleaved({**calls, label: ort_call}, runs, warmup)
+        else:
+            timings[label] = time_calls(ort_call, runs, warmup)
     ort_t = timings[label]
     torch_medians = {name: t["median_ms"] for name, t in timings.items() if name != label}
     baseline = fastest_baseline(torch_medians)
@@ -69,6 +106,7 @@ def run_bench(arch: str, ep: str = "cpu", *, batch: int = 1, height: int | None 
         "pytorch": {name: {"median_ms": round(t["median_ms"], 2),
                            "spread_ms": [round(t["min_ms"], 2), round(t["max_ms"], 2)],
                            "rel_err": errors[name]} for name, t in timings.items() if name != label},
+        "interleaved": interleave,
         "rel_err": rel_err(out, ref),
         "fused_ops": {k: v for k, v in prepared.artefact.manifest["fused_ops"].items() if k in FUSED_OPS},
         "export_s": prepared.export_s, "optimize_s": prepared.optimize_s,
@@ -78,10 +116,11 @@ def run_bench(arch: str, ep: str = "cpu", *, batch: int = 1, height: int | None 
         "runs": runs, "warmup": warmup, "threads": torch.get_num_threads(),
     }
     del ort_unet
-    gc.collect()
+    release_memory()
     if unfused and prepared.export_folder is not None:
         from ..sessions import create_session, plan_session
 
+        memory.phase("ort-unfused")
         session = create_session(prepared.export_folder / "model.onnx", plan_session("cpu"))
         names = [i.name for i in session.get_inputs()]
         feed = dict(zip(names, [t.numpy() for t in (*args, *kwargs.values())]))
@@ -91,8 +130,6 @@ def run_bench(arch: str, ep: str = "cpu", *, batch: int = 1, height: int | None 
         result["unfused_ops"] = {k: v for k, v in op_counts(prepared.export_folder / "model.onnx").items()
                                  if k in FUSED_OPS}
         del session
-    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    result["optimize_peak_rss_mb"] = round(peak_rss_mb(children=True) or 0, 1) or None
     return result
 
 

@@ -6,7 +6,8 @@ The status follows the error's type (``http_status``), so a client can tell "not
 
 from __future__ import annotations
 
-from ..errors import ArtefactError, DiskFull, ExportBusy, NoCheckpointLoaded, OrtTurboError, RuntimeUnavailable
+from ..errors import (ArtefactError, DiskFull, ExportBusy, NoCheckpointLoaded, NotEnoughMemory, OrtTurboError,
+                      RuntimeUnavailable)
 from . import service, settings
 
 #: error type -> HTTP status; the first match in this order wins (DiskFull is an ExportError)
@@ -15,6 +16,7 @@ STATUS_BY_ERROR = (
     (ExportBusy, 409),  # one export at a time
     (RuntimeUnavailable, 503),  # this WebUI cannot run what it would make: install or choose another provider
     (DiskFull, 507),
+    (NotEnoughMemory, 503),  # not now: free memory (unload the checkpoint, close programs) and ask again
     (ArtefactError, 409),
 )
 

@@ -373,12 +373,14 @@ def test_two_exports_at_once_the_second_is_refused(client, exported, monkeypatch
 
 
 def test_typed_errors_map_to_statuses():
-    from lib_ort.errors import ArtefactError, DiskFull, ExportBusy, ExportError, NoCheckpointLoaded, RuntimeUnavailable
+    from lib_ort.errors import (ArtefactError, DiskFull, ExportBusy, ExportError, NoCheckpointLoaded, NotEnoughMemory,
+                                OptimizationError, RuntimeUnavailable)
     from lib_ort.webui.api import http_status
 
     assert [http_status(e) for e in (NoCheckpointLoaded(), ExportBusy("x"), RuntimeUnavailable("x"), DiskFull("x"),
-                                     ArtefactError("x"), ExportError("x"), ValueError("x"))] == [
-        409, 409, 503, 507, 409, 500, 500]
+                                     ArtefactError("x"), ExportError("x"), ValueError("x"), NotEnoughMemory("x"),
+                                     OptimizationError("x"))] == [
+        409, 409, 503, 507, 409, 500, 500, 503, 500]
 
 
 # -- the WebUI's own rules the stand-in now has ----------------------------------------------------------
