@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import heap
 from .errors import UnsupportedInput
 from .registry import Artefact
 from .runner import TORCH_DTYPES, OrtRunner, finite
@@ -83,8 +84,10 @@ class OrtUnet(OrtRunner):
         first, so two sessions' weights are never held at once. On an error the runner has no session
         (``session`` is None) and the error is raised."""
         self.release()
+        self.replaced = {}  # the old copies go with the session that read them
         self.replaced = {name: np.ascontiguousarray(a) for name, a in initializers.items()}
         self.session, self.runner = self._open()
+        heap.trim()  # what the new session did not reuse of the old one's memory, and its build temporaries
 
     def release(self) -> None:
         """Drop the session (its device memory goes back once nothing else holds it)."""

@@ -84,6 +84,10 @@ def networks(extension, lora_model):
     module.assign_network_names_to_compvis_modules(lora_model)  # the WebUI's model-loaded callback
     yield module
     script.unload()
+    from modules import script_callbacks
+
+    loaded = script_callbacks.callbacks["model_loaded"]  # the script's callback must not outlive this module
+    loaded[:] = [fn for fn in loaded if fn is not module.assign_network_names_to_compvis_modules]
     extra_networks.extra_network_registry.pop("lora", None)
     extra_networks.extra_network_aliases.pop("lyco", None)
     for name in ("networks", "network"):
@@ -179,10 +183,11 @@ def pixels(images):
     return ((torch.stack(images).detach().float() + 1) / 2).clamp(0, 1) * 255
 
 
-def generate(extension, unet: str, networks_data: dict, seed=3):
+def generate(extension, unet: str, networks_data: dict, seed=3, init_latent=None, **kwargs):
     shared.opts.data["sd_unet"] = unet
     p = StableDiffusionProcessing(script_runner(extension), batch_size=1, steps=2, cfg_scale=1.0, seed=seed,
-                                  extra_network_data=networks_data)
+                                  extra_network_data=networks_data, **kwargs)
+    p.init_latent = init_latent  # img2img: the init image's latent (the tiny model's VAE cannot encode)
     return run_job(p)
 
 
@@ -226,6 +231,33 @@ def test_several_networks_weights_and_switching_back(webui, extension, lora_mode
         assert_on_ort(ours)
         assert max_diff(ours, reference) <= 2, entries
     assert max_diff(references[1], references[3]) > 2  # the weights matter
+
+
+@pytest.mark.parametrize("mode", ["hires", "img2img"])
+def test_hires_fix_and_img2img_with_networks_match_pytorch(webui, extension, lora_model, tmp_path, mode):
+    """Hires fix: a second pass on a 2x latent in the same batch, networks activated again; img2img: the
+    last part of the schedule from a noised init latent. Both with networks on the ONNX UNet."""
+    a = make_network(tmp_path, webui, lora_model, f"{mode}-a", "lora", seed=8)
+    b = make_network(tmp_path, webui, lora_model, f"{mode}-b", "loha", seed=9)
+    networks_data = prompt((a, 0.8), (b, 0.5))
+    if mode == "hires":
+        kwargs = {"enable_hr": True, "denoising_strength": 0.5}
+    else:
+        init = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(12))
+        kwargs = {"init_images": [object()], "init_latent": init, "denoising_strength": 0.5}
+    shared.opts.data["img2img_fix_steps"] = True  # the same schedule for both UNets (ORT's job would set it)
+    try:
+        base = generate(extension, "None", {}, **kwargs)
+        reference = generate(extension, "None", networks_data, **kwargs)
+        ours = generate(extension, LABEL, networks_data, **kwargs)
+    finally:
+        shared.opts.data.pop("img2img_fix_steps")
+    if mode == "hires":
+        # the 64 px job's 8x8 latent, upscaled 2x for the second pass (the stand-in VAE keeps the latent's size)
+        assert reference.images[0].shape[-1] == ours.images[0].shape[-1] == 16
+    assert max_diff(reference, base) > 2, "the networks must change the image, or this test proves nothing"
+    assert_on_ort(ours)
+    assert max_diff(ours, reference) <= 2
 
 
 def test_the_same_set_again_does_not_rebuild_the_session(webui, extension, lora_model, tmp_path):

@@ -162,7 +162,8 @@ def test_img2img_encode_runs_on_ort_with_the_same_posterior(webui, extension, va
     latents = {}
     for unet in (LABEL, "None"):
         shared.opts.data["sd_unet"] = unet
-        p = StableDiffusionProcessing(script_runner(extension), steps=1, cfg_scale=1.0, init_images=images)
+        p = StableDiffusionProcessing(script_runner(extension), batch_size=2, steps=1, cfg_scale=1.0,
+                                      init_images=images)
         torch.manual_seed(0)  # the posterior's sample() draws from torch's generator
         run_job(p)
         latents[unet] = p.init_latent.float()

@@ -2,6 +2,11 @@
 
 ``process_images`` snapshots only the override keys already in ``opts.data`` and restores only those
 (processing.py ~823 in v1.10.1) - the trap that makes ``override_settings`` unsafe for CFG-free.
+
+Sampling follows the real flow where the UNet sees it: img2img starts from the init latent noised to the
+first sigma of the part of the schedule ``denoising_strength`` keeps (``sample_img2img``); hires fix
+upscales the first pass's latent ("Latent" upscaler) and runs that img2img pass again at the larger size,
+in the same batch, after activating the (hires) prompt's extra networks again (``sample_hr_pass``).
 """
 
 from contextlib import closing
@@ -23,7 +28,8 @@ class StableDiffusionProcessing:
     def __init__(self, scripts, batch_size=1, steps=1, cfg_scale=1.0, width=64, height=64, seed=0, n_iter=1,
                  override_settings=None, extra_network_data=None, prompt_len=77, init_images=None,
                  enable_hr=False, fail_at_step=None, prompt="", negative_prompt="", sampler_name=None,
-                 scheduler=None, refiner_checkpoint=None, refiner_switch_at=None):
+                 scheduler=None, refiner_checkpoint=None, refiner_switch_at=None, denoising_strength=0.75,
+                 hr_scale=2.0, hr_second_pass_steps=0):
         self.scripts = scripts
         self.batch_size, self.steps, self.cfg_scale = batch_size, steps, cfg_scale
         self.width, self.height, self.seed, self.n_iter = width, height, seed, n_iter
@@ -35,6 +41,10 @@ class StableDiffusionProcessing:
         self.prompt_len = prompt_len
         self.init_images = init_images
         self.enable_hr = enable_hr
+        self.denoising_strength = denoising_strength
+        self.hr_scale, self.hr_second_pass_steps = hr_scale, hr_second_pass_steps
+        self.is_hr_pass = False
+        self.init_latent = None  # img2img: set from init_images by _init (or by a test, for the plain VAE)
         self.tiling = False
         self.fail_at_step = fail_at_step
         self.prompt, self.negative_prompt = prompt, negative_prompt
@@ -63,17 +73,54 @@ class StableDiffusionProcessing:
         self.uncond = model.encode(self.batch_size, self.prompt_len, g, negative=True)
 
     def sample(self):
-        """Euler over sigmas from 14.6 to 0 through the CFG denoiser, as k-diffusion's sampler does."""
+        """txt2img from pure noise, or img2img from ``init_latent``; then hires fix's second pass."""
         model = shared.sd_model
         g = torch.Generator().manual_seed(self.seed)
         h, w = self.height // 8, self.width // 8
         b = self.batch_size
-        sigmas = torch.linspace(14.6, 0.0, self.steps + 1)
-        x = torch.randn(b, 4, h, w, generator=g) * sigmas[0]
+        noise = torch.randn(b, 4, h, w, generator=g)
         self.setup_conds(g)
         image_cond = torch.randn(b, 5, h, w, generator=g) if model.inpaint else None
-        denoiser = CFGDenoiser(model.denoise, self.steps, p=self)
-        for i in range(self.steps):
+        if self.init_latent is None:
+            sigmas = sigma_schedule(self.steps)
+            x = self.sample_steps(noise * sigmas[0], sigmas, image_cond)
+        else:
+            x = self.sample_img2img(self.init_latent, noise, image_cond)
+        if not self.enable_hr:
+            return x
+        return self.sample_hr_pass(x, g)
+
+    def sample_img2img(self, x, noise, image_cond, steps=None):
+        """The tail of the schedule that ``denoising_strength`` keeps, from ``x`` noised to its first sigma
+        (sd_samplers_kdiffusion.sample_img2img)."""
+        from modules.sd_samplers_common import setup_img2img_steps
+
+        steps, t_enc = setup_img2img_steps(self, steps)
+        sigmas = sigma_schedule(steps)[steps - t_enc - 1:]
+        return self.sample_steps(x + noise * sigmas[0], sigmas, image_cond)
+
+    def sample_hr_pass(self, samples, g):
+        """Hires fix: the latent upscaled by ``hr_scale``, new noise, the networks activated again, then
+        img2img at the larger size (processing.py sample_hr_pass with a latent upscaler)."""
+        if shared.state.interrupted:
+            return samples
+        self.is_hr_pass = True
+        h, w = int(self.height * self.hr_scale) // 8, int(self.width * self.hr_scale) // 8
+        samples = torch.nn.functional.interpolate(samples, size=(h, w), mode="bilinear", antialias=False)
+        noise = torch.randn(samples.shape, generator=g)
+        extra_networks.activate(self, self.extra_network_data)  # hr_extra_network_data: the same prompt here
+        image_cond = torch.randn(samples.shape[0], 5, h, w, generator=g) if shared.sd_model.inpaint else None
+        samples = self.sample_img2img(samples, noise, image_cond, steps=self.hr_second_pass_steps or self.steps)
+        self.is_hr_pass = False
+        return samples
+
+    def sample_steps(self, x, sigmas, image_cond):
+        """Euler over ``sigmas`` through the CFG denoiser, as k-diffusion's sampler does."""
+        model = shared.sd_model
+        b = x.shape[0]
+        steps = len(sigmas) - 1
+        denoiser = CFGDenoiser(model.denoise, steps, p=self)
+        for i in range(steps):
             if shared.state.interrupted:
                 break
             if self.fail_at_step == i:
@@ -87,6 +134,11 @@ class StableDiffusionProcessing:
             if self.step_callback is not None:
                 self.step_callback(i)
         return x
+
+
+def sigma_schedule(steps):
+    """``steps + 1`` sigmas from 14.6 down to 0 (the stand-in's scheduler)."""
+    return torch.linspace(14.6, 0.0, steps + 1)
 
 
 def create_infotext(p):
@@ -152,7 +204,14 @@ def _init(p):
     if p.init_images is not None and hasattr(shared.sd_model, "encode_first_stage"):
         from modules.sd_samplers_common import images_tensor_to_samples
 
-        p.init_latent = images_tensor_to_samples(torch.stack(list(p.init_images)), model=shared.sd_model)
+        images = list(p.init_images)
+        if len(images) == 1:
+            images = images * p.batch_size
+        elif len(images) <= p.batch_size:
+            p.batch_size = len(images)
+        else:
+            raise RuntimeError(f"bad number of images passed: {len(images)}; expecting {p.batch_size} or less")
+        p.init_latent = images_tensor_to_samples(torch.stack(images), model=shared.sd_model)
 
 
 def _decode(samples):

@@ -10,6 +10,17 @@ import torch
 from modules import devices, shared
 
 
+def setup_img2img_steps(p, steps=None):
+    """(schedule length, steps to run - 1) for img2img and hires: with ``img2img_fix_steps`` (or explicit
+    steps, as hires passes) the schedule is stretched so exactly the requested steps run, else
+    ``denoising_strength`` of ``p.steps`` run (sd_samplers_common.py:22-31)."""
+    if shared.opts.img2img_fix_steps or steps is not None:
+        requested = steps or p.steps
+        total = int(requested / min(p.denoising_strength, 0.999)) if p.denoising_strength > 0 else 0
+        return total, requested - 1
+    return p.steps, int(min(p.denoising_strength, 0.999) * p.steps)
+
+
 def apply_refiner(cfg_denoiser, sigma=None):
     """Switch to the refiner once ``refiner_switch_at`` of the steps are done (sd_samplers_common.py:158-199);
     True when it switched, after the conds were made with the refiner. The stand-in measures progress by
