@@ -17,9 +17,9 @@ import dataclasses
 import gc
 import os
 import shutil
-import sys
 from pathlib import Path
 
+from . import heap
 from .errors import DiskFull, NotEnoughMemory
 
 MB = 2**20
@@ -76,16 +76,10 @@ def disk_free_mb(path) -> float:
 
 
 def release_memory() -> None:
-    """Give memory freed by Python back to the system now: collect garbage, then ask glibc to return
-    its free heap pages (large freed tensors otherwise stay in the process's resident size)."""
+    """Give memory freed by Python back to the system now: collect garbage, then hand glibc's free heap
+    pages back (large freed tensors otherwise stay in the process's resident size; see ``heap``)."""
     gc.collect()
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc (musl): nothing to trim
-            pass
+    heap.trim()
 
 
 @dataclasses.dataclass(frozen=True)
