@@ -43,9 +43,12 @@ def test_unet_matrix_writes_json_table_and_chart(shared_registry, tmp_path, caps
     assert baseline == min(per_image, key=per_image.get) and f"{baseline} (baseline)" in table
 
 
-def test_bench_reports_its_speedup_over_the_faster_webui_path_and_names_it(shared_registry, capsys):
-    assert main(["--root", str(shared_registry.root), "bench", "--arch", "tiny-sd1", "--runs", "3", "--json"]) == 0
+@pytest.mark.parametrize("order", [[], ["--interleave"]], ids=["pytorch-first", "interleaved"])
+def test_bench_reports_its_speedup_over_the_faster_webui_path_and_names_it(shared_registry, capsys, order):
+    assert main(["--root", str(shared_registry.root), "bench", "--arch", "tiny-sd1", "--runs", "3", "--json",
+                 *order]) == 0
     result = json.loads(capsys.readouterr().out)
+    assert result["interleaved"] is bool(order)
     pytorch = result["pytorch"]
     assert list(pytorch) == ["PyTorch eager", "PyTorch SDPA", "PyTorch InvokeAI"]
     assert all(p["rel_err"] <= 1e-4 for p in pytorch.values())
