@@ -31,20 +31,29 @@ def _console_progress(fraction: float, message: str, _last={"phase": "", "at": 0
         _last.update(phase=phase, at=now)
 
 
+def _load_model(args):
+    if args.arch:
+        from .bench.architectures import build_unet
+
+        return build_unet(args.arch, seed=args.seed)
+    from .checkpoint import load_unet_from_checkpoint
+
+    return load_unet_from_checkpoint(args.checkpoint)
+
+
 def _model_and_checkpoint(args):
-    from .bench.architectures import build_unet
     from .describe import state_dict_digest
 
     if args.arch:
-        model = build_unet(args.arch, seed=args.seed)
+        model = _load_model(args)
         return model, {"hash": state_dict_digest(model), "name": f"{args.arch} (random weights, seed {args.seed})"}
-    from .checkpoint import file_sha256, load_unet_from_checkpoint
+    from .checkpoint import file_sha256
 
     print(f"hashing {args.checkpoint} ...", file=sys.stderr)
     sha256 = file_sha256(args.checkpoint)
     # the WebUI's checkpoint title form ("name.safetensors [hash10]"), so both name an export alike
     checkpoint = {"hash": sha256, "name": f"{Path(args.checkpoint).name} [{sha256[:10]}]"}
-    return load_unet_from_checkpoint(args.checkpoint), checkpoint
+    return _load_model(args), checkpoint
 
 
 def _toolchain(args):
@@ -65,7 +74,7 @@ def cmd_export(args) -> dict:
 
 def cmd_optimize(args) -> dict:
     from .memory import release_memory
-    from .pipeline import ensure_export, export_needed, prepare
+    from .pipeline import ensure_export, export_needed, prepare, record_weight_map
     from .registry import Registry
 
     registry = Registry(args.root)
@@ -77,6 +86,10 @@ def cmd_optimize(args) -> dict:
     release_memory()
     prepared = prepare(None, registry, checkpoint, args.ep, toolchain=_toolchain(args),
                        opset=args.opset, force=args.force, progress=_console_progress)
+    if not prepared.artefact_cached:
+        # where each weight lives, for Lora networks on the ONNX UNet: the model is loaded again only now
+        # that the child is gone, so the optimization's memory stays the child's alone
+        record_weight_map(_load_model(args), prepared.artefact)
     m = prepared.artefact.manifest
     return {"artefact": prepared.artefact.id, "folder": str(prepared.artefact.folder), "cached": prepared.artefact_cached,
             "ep": m["ep"], "precision": m["precision"], "family": m["family"], "fused_ops": m["fused_ops"]}

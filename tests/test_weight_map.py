@@ -133,3 +133,15 @@ def test_save_and_load(artefact_of, tmp_path):
     assert again.places == weight_map.places and again.unmapped == weight_map.unmapped
     (tmp_path / MAP_FILE).write_text("{")
     assert WeightMap.load(tmp_path) is None  # unreadable: derived again, never trusted
+
+
+def test_command_line_optimize_records_the_map_after_the_child(tmp_path, capsys):
+    """``python -m lib_ort optimize`` drops its model before the optimization; the map is still recorded."""
+    import json
+
+    from lib_ort.cli import main
+
+    assert main(["--root", str(tmp_path), "optimize", "--arch", "tiny-sd1", "--ep", "cpu"]) == 0
+    folder = json.loads(capsys.readouterr().out)["folder"]
+    found = WeightMap.load(folder)
+    assert found is not None and found.places
