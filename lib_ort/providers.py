@@ -21,6 +21,7 @@ ONNXRUNTIME_DISTRIBUTIONS = (
 )
 _NVIDIA = frozenset({"onnxruntime-gpu", "ort-nightly-gpu"})
 _DIRECTML = frozenset({"onnxruntime-directml", "ort-nightly-directml"})
+_OPENVINO = frozenset({"onnxruntime-openvino"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +46,7 @@ PROVIDERS: tuple[Provider, ...] = (
     Provider("cuda", "CUDA", "CUDAExecutionProvider", "gpu", "fp16", ("fp16", "fp32"), "1.17.0", _NVIDIA),
     Provider("tensorrt", "TensorRT", "TensorrtExecutionProvider", "gpu", "fp32", ("fp32",), "1.16.0", _NVIDIA),
     Provider("dml", "DirectML", "DmlExecutionProvider", "gpu", "fp16", ("fp16", "fp32"), "1.17.0", _DIRECTML),
+    Provider("openvino", "OpenVINO (CPU)", "OpenVINOExecutionProvider", "cpu", "fp32", ("fp32",), "1.23.0", _OPENVINO),
     Provider("cpu", "CPU", "CPUExecutionProvider", "cpu", "fp32", ("fp32",), "1.16.0",
              frozenset(ONNXRUNTIME_DISTRIBUTIONS)),
 )

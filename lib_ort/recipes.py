@@ -8,6 +8,8 @@ have no CPU or DirectML kernels, so each provider gets its own recipe and its ow
 * ``dml``: the DirectML-safe fusion set (no NhwcConv, BiasSplitGelu, BiasAdd or SkipLayerNorm;
   channels-first GroupNorm), then fp16.
 * ``cpu``: the fusions that have CPU kernels (attention, layer norms, gelu), fp32.
+* ``openvino``: a clean fp32 graph and no ORT fusion, as for TensorRT: OpenVINO compiles the ONNX graph
+  itself (ORT's contrib ops would fall back to the CPU provider), in bf16 on CPUs that have it.
 
 A recipe is stored whole in the artefact's manifest, so an artefact says how it was made even
 after Olive's schema moves on.
@@ -109,6 +111,10 @@ RECIPES: dict[str, dict] = {
                 **_EXTERNAL_DATA,
             }
         },
+    },
+    "openvino": {
+        **_identity("openvino"),
+        "passes": {"clean": {"type": "OnnxPeepholeOptimizer", **_EXTERNAL_DATA}},
     },
     "cpu": {
         **_identity("cpu"),
