@@ -1,7 +1,8 @@
 """Run by the WebUI (with its own interpreter) before every launch and once when installed.
 
 Installs the ONNX Runtime package this WebUI can run — chosen from its torch build, OS, pins and
-whether an NVIDIA driver is visible, see lib_ort/runtime_packages.py; the CPU one at least — and
+whether an NVIDIA driver is visible, see lib_ort/runtime_packages.py; the CPU one at least; with
+ORT_TURBO_RUNTIME=openvino set where the WebUI is launched, onnxruntime-openvino on a CPU machine — and
 nothing else into the WebUI's environment, changing no package it has; the Olive
 toolchain is made later, in the extension's data folder, on the first export. With everything in
 place this only reads package metadata (no pip, no import of torch or of the WebUI's modules).
@@ -18,17 +19,24 @@ from lib_ort import install_runtime  # noqa: E402
 
 
 def _webui_pip(args: str, desc: str) -> None:
-    """pip through the WebUI's launcher: its venv interpreter, --prefer-binary, its INDEX_URL."""
+    """pip through the WebUI's launcher: its venv interpreter, --prefer-binary, its INDEX_URL.
+
+    ``uninstall`` refuses those options, so it runs through ``launch.run`` without them."""
+    uninstall = args.startswith("uninstall ")
     try:
         import launch
     except ImportError:  # run by hand, outside the WebUI
         import subprocess
 
-        result = subprocess.run(f'"{sys.executable}" -m pip {args} --prefer-binary', shell=True)
+        extra = "" if uninstall else " --prefer-binary"
+        result = subprocess.run(f'"{sys.executable}" -m pip {args}{extra}', shell=True)
         if result.returncode != 0:
             raise RuntimeError(f"pip {args} failed with exit code {result.returncode}")
         return
-    launch.run_pip(args, desc=f"ORT Turbo: {desc}")
+    if not uninstall:
+        launch.run_pip(args, desc=f"ORT Turbo: {desc}")
+    elif not getattr(launch.args, "skip_install", False):  # like run_pip, a no-op with --skip-install
+        launch.run(f'"{launch.python}" -m pip {args}', desc=f"ORT Turbo: {desc}", errdesc=f"ORT Turbo: {desc} failed")
 
 
 def _pins_file():

@@ -25,6 +25,13 @@ All ONNX Runtime variants install the same ``onnxruntime`` module folder: instal
 overwrites the first, and uninstalling either later breaks the other. So an installed variant is
 kept whenever it can serve the chosen provider, and nothing is ever uninstalled without the user
 asking for it (``ORT_TURBO_REPLACE_ORT=1``).
+
+OpenVINO is the user's choice, never the table's: with ``ORT_TURBO_RUNTIME=openvino`` (set where the
+WebUI is launched, e.g. webui-user.sh/.bat) a machine that runs ORT Turbo on the CPU gets
+onnxruntime-openvino, which replaces the plain CPU ``onnxruntime`` (the request is the asking). A GPU
+machine (a CUDA torch with a driver, torch-directml), an installed GPU variant, or a platform without
+an onnxruntime-openvino wheel keeps today's decision, and one line says why. Without the request an
+installed onnxruntime-openvino stays: it serves the CPU provider like any variant.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import re
 import sys
 from pathlib import Path
 
-from .providers import ONNXRUNTIME_DISTRIBUTIONS, PROVIDERS, served_by
+from .providers import ONNXRUNTIME_DISTRIBUTIONS, PROVIDERS, provider, served_by
 
 #: First release whose metadata requires protobuf >= 4.25.8 and whose GPU wheels link CUDA 13.
 ORT_PROTOBUF_4_AND_CUDA_13 = (1, 27)
@@ -58,6 +65,16 @@ UNMET_ON_PURPOSE = "protobuf"
 
 #: Opt-in to replacing an installed ONNX Runtime variant that cannot serve the chosen provider.
 REPLACE_ENV = "ORT_TURBO_REPLACE_ORT"
+#: The user's request for a runtime the table never picks by itself: its value is a provider key of
+#: REQUESTABLE (read by install.py at each launch).
+RUNTIME_ENV = "ORT_TURBO_RUNTIME"
+#: provider key -> (the one distribution that serves it, the (os, machine) it has wheels for on PyPI).
+#: onnxruntime-openvino 1.23.0 (cp310) ... 1.24.1 (cp311-cp313), checked 2026-11-30 with
+#: ``pip download --only-binary=:all: --python-version 3.10 ... 3.13 --platform ...``: manylinux_2_28_x86_64
+#: and win_amd64 only (no macOS, no aarch64/arm64); older glibc gets only <= 1.17, below its min_ort.
+REQUESTABLE = {"openvino": ("onnxruntime-openvino", frozenset({("linux", "x86_64"), ("windows", "x86_64")}))}
+#: The variants a request may replace: the plain CPU runtime (what the table installs on a CPU machine).
+REPLACEABLE_ON_REQUEST = frozenset({"onnxruntime"})
 
 
 def normalize(name: str) -> str:
@@ -73,8 +90,16 @@ def version_tuple(text: str | None) -> tuple[int, ...]:
     return tuple(int(p) for p in release.group(1).split(".")) if release else ()
 
 
-#: Oldest ONNX Runtime that runs every provider's artefacts (SkipGroupNorm came in 1.17).
-MIN_ORT = max(version_tuple(p.min_ort) for p in PROVIDERS)[:2]
+#: The distributions the table installs by itself (a requested one has its own floor, its row's min_ort).
+DEFAULT_PACKAGES = frozenset({"onnxruntime", "onnxruntime-gpu", "onnxruntime-directml"})
+#: Oldest ONNX Runtime that runs the artefacts of every provider the default packages serve
+#: (SkipGroupNorm came in 1.17).
+MIN_ORT = max(version_tuple(p.min_ort) for p in PROVIDERS if p.packages & DEFAULT_PACKAGES)[:2]
+
+
+def min_ort_for(ep: str) -> tuple[int, ...]:
+    """The oldest release (major, minor) that runs ``ep``'s artefacts: MIN_ORT, or the row's own if later."""
+    return max(MIN_ORT, version_tuple(provider(ep).min_ort)[:2])
 
 
 def _fmt(version: tuple[int, ...]) -> str:
@@ -87,6 +112,7 @@ class Host:
 
     os: str                                   # "linux", "windows", "darwin"
     python: tuple[int, int] = (3, 10)
+    machine: str = "x86_64"                   # the interpreter's architecture: x86_64, arm64 (wheel tags)
     torch: str | None = None                  # torch's version string, e.g. "2.1.2+cu121"
     torch_cuda: tuple[int, ...] | None = None  # CUDA torch was built for, e.g. (12, 1)
     torch_cudnn: int | None = None            # cuDNN major torch loads (8 or 9)
@@ -122,6 +148,7 @@ class Choice:
     reasons: tuple[str, ...] = ()
     no_deps: bool = False            # install ``package`` with --no-deps (the no-deps route) ...
     deps: tuple[str, ...] = ()       # ... after these, its absent other requirements
+    declined: str = ""               # the user's runtime request (RUNTIME_ENV) not followed, and why
 
     @property
     def requirement(self) -> str:
@@ -154,10 +181,48 @@ class Decision:
         return bool(self.install or self.deps or self.side or self.uninstall)
 
 
-def choose(host: Host) -> Choice:
+def choose(host: Host, runtime: str | None = None) -> Choice:
     """The package, version range and provider for this torch build and OS (the decision table).
 
-    Every row names a package: where no GPU build fits, the CPU runtime does."""
+    Every row names a package: where no GPU build fits, the CPU runtime does. ``runtime`` is the
+    user's request (RUNTIME_ENV), followed where it fits, see :func:`requested`."""
+    table = _table(host)
+    return requested(host, runtime, table) if runtime else table
+
+
+def requested(host: Host, runtime: str, table: Choice) -> Choice:
+    """The requested runtime's Choice, or the table's own with ``declined`` saying why not.
+
+    Followed only where ORT Turbo runs on the CPU (the table picked the CPU runtime, or DirectML for a
+    torch without CUDA or torch-directml), the platform has its wheels, and no variant other than the
+    plain CPU runtime (or the requested one) is installed: a GPU runtime is never replaced."""
+    asked = f"{RUNTIME_ENV}={runtime}"
+    if runtime not in REQUESTABLE:
+        return dataclasses.replace(table, declined=f"{asked} is not a runtime ORT Turbo installs (it knows: "
+                                                   f"{', '.join(REQUESTABLE)}): ignored, {table.package} kept")
+    package, platforms = REQUESTABLE[runtime]
+    if (host.os, host.machine) not in platforms:
+        why = f"{package} has wheels for x86-64 Linux and Windows only, not {host.os} {host.machine}"
+    elif table.ep == "cuda":
+        why = f"torch {host.torch} runs on an NVIDIA GPU here and {runtime} is a CPU runtime"
+    elif table.ep == "dml" and host.torch_directml:
+        why = f"torch-directml runs on the GPU here and {runtime} is a CPU runtime"
+    else:
+        others = {n: v for n, v in host.variants().items() if n not in REPLACEABLE_ON_REQUEST | {package}}
+        if not others:
+            row = provider(runtime)
+            choice = Choice(runtime, package, min_ort_for(runtime), table.high)  # high: the protobuf cap
+            return dataclasses.replace(choice, reasons=(
+                f"{asked}: ONNX Runtime's {row.label} provider, {choice.requirement} (it replaces the plain "
+                f"CPU onnxruntime if installed: both install the same 'onnxruntime' folder)",))
+        installed = ", ".join(f"{n} {v}" for n, v in others.items())
+        why = (f"{installed} is installed (perhaps by another extension), and only the plain CPU onnxruntime is "
+               f"replaced by {package} (all install the same 'onnxruntime' folder)")
+    return dataclasses.replace(table, declined=f"{asked} not followed: {why}; the usual decision applies")
+
+
+def _table(host: Host) -> Choice:
+    """The table without a request."""
     why: list[str] = []
     pb = host.protobuf_limit()
     cap = ORT_PROTOBUF_4_AND_CUDA_13 if pb else None
@@ -220,13 +285,14 @@ def choose(host: Host) -> Choice:
     return cpu(f"torch {host.torch} has no CUDA" if host.torch else "no torch is installed")
 
 
-def decide(host: Host, *, replace: bool = False, python: str = "PYTHON") -> Decision:
+def decide(host: Host, *, replace: bool = False, python: str = "PYTHON", runtime: str | None = None) -> Decision:
     """Compare :func:`choose` with the installed variants. ``python`` is quoted into the advice.
 
-    ``replace`` is the user's opt-in to uninstall installed variants that cannot serve the choice.
+    ``replace`` is the user's opt-in to uninstall installed variants that cannot serve the choice;
+    ``runtime`` the user's request for a runtime (RUNTIME_ENV), which replaces the plain CPU runtime.
     """
-    choice = choose(host)
-    reasons = list(choice.reasons)
+    choice = choose(host, runtime)
+    reasons = list(choice.reasons) + ([choice.declined] if choice.declined else [])
     pip = f'"{python}" -m pip'
     side = (CUDNN9_REQUIREMENT,) if choice.cudnn9_side and not host.side_cudnn9 else ()
     if choice.cudnn9_side and host.side_cudnn9:
@@ -259,6 +325,12 @@ def decide(host: Host, *, replace: bool = False, python: str = "PYTHON") -> Deci
         return Decision(choice, "install" if side or absent else "ok", side=side, deps=absent, keep=kept,
                         reasons=tuple(reasons))
     installed = ", ".join(f"{n} {v}" for n, v in variants.items())
+    if choice.ep in REQUESTABLE:  # requested() left only the plain CPU runtime or an old copy of the package
+        replaced = tuple(variants) if set(variants) != {wanted} else ()
+        reasons.append(f"replacing {installed} with {choice.requirement}" if replaced else
+                       f"{installed} is older than {_fmt(choice.low)}, which the {choice.ep} provider needs: "
+                       f"upgrading it")
+        return Decision(choice, "install", install=(choice.requirement,), uninstall=replaced, reasons=tuple(reasons))
     problem = _conflict_text(variants, choice, host)
     commands = [f"{pip} uninstall -y {' '.join(variants)}"]
     if choice.deps:
@@ -345,7 +417,7 @@ def _serves(name: str, version: str, choice: Choice, host: Host) -> bool:
     if choice.ep not in served_by(name):
         return False
     found = version_tuple(version)
-    if found[:2] < MIN_ORT:
+    if found[:2] < min_ort_for(choice.ep):
         return False
     if name.startswith("ort-nightly"):
         return choice.ep == "cpu"  # a nightly's CUDA build cannot be read from its metadata
@@ -470,6 +542,16 @@ def nvidia_driver_visible(os_name: str, *, environ=None, exists=os.path.exists, 
     return os_name != "darwin" and (which or shutil.which)("nvidia-smi") is not None
 
 
+def interpreter_machine(platform_tag: str | None = None) -> str:
+    """The architecture wheels must be built for: that of this interpreter (``sysconfig.get_platform()``:
+    "linux-x86_64", "win-amd64", "macosx-11.0-arm64", "win-arm64"), not the machine's (an x64 Python
+    emulated on Windows ARM takes x64 wheels)."""
+    import sysconfig
+
+    machine = (platform_tag or sysconfig.get_platform()).rsplit("-", 1)[-1].lower()
+    return {"amd64": "x86_64", "x64": "x86_64", "aarch64": "arm64"}.get(machine, machine)
+
+
 def _variant_requires(installed: dict) -> dict[str, tuple[str, ...]]:
     """Requires-Dist of the installed ONNX Runtime variants (one or two METADATA files)."""
     from importlib import metadata
@@ -489,7 +571,8 @@ def probe_host(*, pins_file: str | os.PathLike | None = None, side_cudnn9: str |
     installed = installed_distributions()
     cuda, cudnn, hip = _torch_build(installed)
     os_name = {"win32": "windows", "darwin": "darwin"}.get(sys.platform, "linux")
-    return Host(os=os_name, python=sys.version_info[:2], torch=installed.get("torch"), torch_cuda=cuda,
+    return Host(os=os_name, python=sys.version_info[:2], machine=interpreter_machine(), torch=installed.get("torch"),
+                torch_cuda=cuda,
                 torch_cudnn=cudnn, torch_hip=hip, torch_directml="torch-directml" in installed,
                 installed=installed, pins=read_pins(pins_file), side_cudnn9=side_cudnn9,
                 nvidia_driver=nvidia_driver_visible(os_name) if cuda else None,
