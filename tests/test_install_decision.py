@@ -11,9 +11,9 @@ import pytest
 from lib_ort import install_runtime
 from lib_ort.install_layout import Layout
 from lib_ort.providers import ONNXRUNTIME_DISTRIBUTIONS, served_by
-from lib_ort.runtime_packages import (CUDNN9_REQUIREMENT, NEW_ORT_REQUIREMENTS, Host, choose, decide,
-                                      freeze_constraints, normalize, nvidia_driver_visible, read_pins, satisfies,
-                                      unmet_requirements, version_tuple)
+from lib_ort.runtime_packages import (CUDNN9_REQUIREMENT, MIN_ORT, NEW_ORT_REQUIREMENTS, RUNTIME_ENV, Host, choose,
+                                      decide, freeze_constraints, interpreter_machine, normalize,
+                                      nvidia_driver_visible, read_pins, satisfies, unmet_requirements, version_tuple)
 
 DATA = Path(__file__).resolve().parent / "data" / "webui-host"
 WEBUI_PINS = {"protobuf": "3.20.0", "numpy": "1.26.2", "setuptools": "69.5.1"}
@@ -241,16 +241,20 @@ def test_nvidia_driver_visible_reads_paths_only(os_name, files, on_path, seen):
 
 #: What the recording pip "installs" for a requirement: version, and the requirements pip would add with it.
 INDEX = {"onnxruntime-gpu": ("1.29.0", NEW_ORT_REQUIREMENTS), "onnxruntime": ("1.26.0", ("flatbuffers", "numpy",
-         "packaging", "protobuf")), "flatbuffers": ("25.9.23", ()), "packaging": ("25.0", ())}
+         "packaging", "protobuf")), "flatbuffers": ("25.9.23", ()), "packaging": ("25.0", ()),
+         "onnxruntime-openvino": ("1.24.1", ("flatbuffers", "numpy>=1.21.6", "packaging", "protobuf", "sympy")),
+         "sympy": ("1.14.0", ("mpmath",)), "mpmath": ("1.3.0", ())}
 WEBUI_INSTALLED = {**read_pins(DATA / "webui-v1.10.1-requirements_versions.txt"), "packaging": "24.2",
                    "torch": "2.9.0+cu130"}
 
 
 class RecordingPip:
     """Stands in for launch.run_pip: records each call, reads the constraints file it names, and
-    "installs" into ``installed`` what the call asks for (with its requirements unless --no-deps)."""
+    "installs" into ``installed`` what the call asks for (with its requirements unless --no-deps),
+    removes what ``uninstall`` names; ``download`` changes nothing. ``fail``: every call fails, or
+    those for which ``fail(args)`` is true."""
 
-    def __init__(self, installed: dict, fail: bool = False):
+    def __init__(self, installed: dict, fail=False):
         self.installed, self.requires, self.fail = dict(installed), {}, fail
         self.calls, self.constraints = [], []
 
@@ -259,9 +263,15 @@ class RecordingPip:
         found = re.search(r'-c "([^"]+)"', args)
         self.constraints.append(dict(line.split("==") for line in Path(found.group(1)).read_text().split()) if found
                                 else None)
-        if self.fail:
-            raise RuntimeError("pip install failed with exit code 1 (no network)")
-        named = re.findall(r'"([^"]+)"', args.split(" -c ")[0])
+        if self.fail is True or (callable(self.fail) and self.fail(args)):
+            raise RuntimeError(f"pip {args.split()[0]} failed with exit code 1 (no network)")
+        if args.startswith("uninstall -y "):
+            for name in args.split()[2:]:
+                self.installed.pop(normalize(name))
+            return
+        if args.startswith("download "):
+            return
+        named = re.findall(r'"([^"]+)"', args.split(" -c ")[0].split(" --no-index")[0])
         todo = [normalize(re.match(r"[A-Za-z0-9._-]+", r).group(0)) for r in named]
         while todo:
             name = todo.pop()
@@ -284,10 +294,10 @@ class RecordingPip:
                 for r in re.findall(r'"([^"]+)"', self.calls[i].split(" -c ")[0])}
 
 
-def _run(h: Host, pip, tmp_path, **kw):
+def _run(h: Host, pip, tmp_path, environ=None, **kw):
     out = io.StringIO()
     decision = install_runtime.run(pip, python="/w/venv/bin/python", layout=Layout(tmp_path / "data"), out=out,
-                                   environ={}, host=h, **kw)
+                                   environ=environ or {}, host=h, **kw)
     return decision, out.getvalue()
 
 
@@ -360,3 +370,200 @@ def test_a_cuda_torch_without_a_gpu_says_so_in_one_line_and_gives_no_gpu_advice(
     # a conflict on such a machine (an ONNX Runtime too old) advises no GPU package either
     d = decide(host(**torch_build, installed={"onnxruntime": "1.16.3"}, nvidia_driver=False))
     assert d.action == "conflict" and not GPU_WORDS.search("\n".join(d.advice))
+
+
+# ---------------------------------------------------------------------------------------------
+# The user's request ORT_TURBO_RUNTIME=openvino
+
+OV_RANGE = "onnxruntime-openvino>=1.23,<1.27"
+CPU_TORCH = dict(torch="2.1.2+cpu")
+
+
+def test_the_openvino_row_does_not_raise_the_floor_of_the_default_packages():
+    assert MIN_ORT == (1, 17)  # the OpenVINO row's min_ort (1.23) applies to onnxruntime-openvino only
+
+
+# (case, host, package chosen, requirement, action, uninstalled, words of the one line that says why not)
+REQUESTS = [
+    ("CPU torch, nothing installed", host(**CPU_TORCH), "onnxruntime-openvino", OV_RANGE, "install", (), None),
+    ("CPU torch, the plain CPU runtime", host(**CPU_TORCH, installed={"onnxruntime": "1.26.0"}),
+     "onnxruntime-openvino", OV_RANGE, "install", ("onnxruntime",), None),
+    ("CPU torch, onnxruntime-openvino in place", host(**CPU_TORCH, installed={"onnxruntime-openvino": "1.24.1"}),
+     "onnxruntime-openvino", OV_RANGE, "ok", (), None),
+    ("onnxruntime-openvino above the cap still serves", host(**CPU_TORCH, installed={"onnxruntime-openvino": "1.28.0"}),
+     "onnxruntime-openvino", OV_RANGE, "ok", (), None),
+    ("an onnxruntime-openvino too old for the provider is upgraded in place",
+     host(**CPU_TORCH, installed={"onnxruntime-openvino": "1.22.0"}), "onnxruntime-openvino", OV_RANGE, "install",
+     (), None),
+    ("both CPU variants at once: both go", host(**CPU_TORCH, installed={"onnxruntime": "1.26.0",
+                                                                         "onnxruntime-openvino": "1.24.1"}),
+     "onnxruntime-openvino", OV_RANGE, "install", ("onnxruntime", "onnxruntime-openvino"), None),
+    ("Windows, CPU torch (the table's DirectML)", host(os="windows", **CPU_TORCH), "onnxruntime-openvino", OV_RANGE,
+     "install", (), None),
+    ("CUDA torch, no NVIDIA driver", host(**V1101, nvidia_driver=False, installed={"onnxruntime": "1.26.0"}),
+     "onnxruntime-openvino", OV_RANGE, "install", ("onnxruntime",), None),
+    ("no protobuf pin: no cap", host(**CPU_TORCH, pins={}), "onnxruntime-openvino", "onnxruntime-openvino>=1.23",
+     "install", (), None),
+    ("CUDA torch with a driver", host(**V1101, nvidia_driver=True), "onnxruntime-gpu", "onnxruntime-gpu>=1.19,<1.27",
+     "install", (), "runs on an NVIDIA GPU"),
+    ("torch-directml", host(os="windows", torch="2.0.0", torch_directml=True), "onnxruntime-directml",
+     "onnxruntime-directml>=1.17,<1.27", "install", (), "torch-directml runs on the GPU"),
+    ("a GPU runtime installed on a CPU machine", host(**CPU_TORCH, installed={"onnxruntime-gpu": "1.22.0"}),
+     "onnxruntime", CPU_RANGE, "ok", (), "onnxruntime-gpu 1.22.0 is installed"),
+    ("onnxruntime-directml on Windows", host(os="windows", **CPU_TORCH, installed={"onnxruntime-directml": "1.24.4"}),
+     "onnxruntime-directml", "onnxruntime-directml>=1.17,<1.27", "ok", (), "onnxruntime-directml 1.24.4 is installed"),
+    ("macOS (no wheel)", host(os="darwin", machine="arm64", torch="2.1.2"), "onnxruntime", CPU_RANGE, "install", (),
+     "x86-64 Linux and Windows only, not darwin arm64"),
+    ("Linux ARM (no wheel)", host(machine="arm64", **CPU_TORCH), "onnxruntime", CPU_RANGE, "install", (),
+     "not linux arm64"),
+    ("Windows ARM (no wheel)", host(os="windows", machine="arm64", **CPU_TORCH), "onnxruntime-directml",
+     "onnxruntime-directml>=1.17,<1.27", "install", (), "not windows arm64"),
+]
+
+
+@pytest.mark.parametrize("case,h,package,requirement,action,uninstall,declined", REQUESTS,
+                         ids=[r[0] for r in REQUESTS])
+def test_openvino_request_table(case, h, package, requirement, action, uninstall, declined):
+    d = decide(h, runtime="openvino")
+    assert (d.choice.package, d.choice.requirement, d.action, d.uninstall) == (package, requirement, action, uninstall)
+    if declined:
+        assert declined in d.choice.declined and d.choice.declined.startswith(f"{RUNTIME_ENV}=openvino not followed")
+        assert d.choice.declined in d.reasons
+        # declined: exactly the decision without the request
+        usual = decide(h)
+        assert (d.action, d.install, d.uninstall, d.side, d.keep) == (usual.action, usual.install, usual.uninstall,
+                                                                      usual.side, usual.keep)
+    else:
+        assert not d.choice.declined and d.choice.ep == "openvino"
+        assert d.install == ((requirement,) if action == "install" else ())
+
+
+def test_openvino_request_over_every_host_installs_openvino_on_cpu_machines_and_changes_nothing_elsewhere():
+    chosen = 0
+    for h in HOSTS:
+        for machine in ("x86_64", "arm64"):
+            hm = Host(**{**h.__dict__, "machine": machine})
+            d, usual = decide(hm, runtime="openvino"), decide(hm)
+            cpu_machine = usual.choice.ep == "cpu" or (usual.choice.ep == "dml" and not hm.torch_directml)
+            if machine == "x86_64" and hm.os in ("linux", "windows") and cpu_machine:
+                assert d.choice.package == "onnxruntime-openvino" and d.install == (d.choice.requirement,), hm
+                assert d.choice.low == (1, 23) and not d.side and not d.no_deps and not d.deps
+                chosen += 1
+            else:
+                assert d.choice.declined and d.install == usual.install and d.side == usual.side, hm
+    assert chosen
+
+
+def test_without_the_request_an_installed_openvino_serves_the_cpu_provider_and_nothing_changes():
+    d = decide(host(**CPU_TORCH, installed={"onnxruntime-openvino": "1.24.1"}))
+    assert d.action == "ok" and d.keep == "onnxruntime-openvino" and d.choice.ep == "cpu" and not d.needs_pip
+
+
+def test_an_unknown_request_is_named_and_ignored():
+    d = decide(host(**CPU_TORCH), runtime="tensorrt")
+    assert "ORT_TURBO_RUNTIME=tensorrt is not a runtime ORT Turbo installs" in d.choice.declined
+    assert d.install == (CPU_RANGE,)
+
+
+@pytest.mark.parametrize("tag,machine", [("linux-x86_64", "x86_64"), ("win-amd64", "x86_64"),
+                                         ("macosx-11.0-arm64", "arm64"), ("win-arm64", "arm64"),
+                                         ("linux-aarch64", "arm64"), ("macosx-10.9-universal2", "universal2")])
+def test_interpreter_machine(tag, machine):
+    assert interpreter_machine(tag) == machine
+
+
+OV_ENV = {RUNTIME_ENV: "openvino"}
+CPU_WEBUI = {**WEBUI_INSTALLED, "torch": "2.1.2+cpu", "onnxruntime": "1.26.0", "flatbuffers": "25.9.23"}
+
+
+def _cpu_host(installed=CPU_WEBUI):
+    return host(torch="2.1.2+cpu", pins=read_pins(DATA / "webui-v1.10.1-requirements_versions.txt"),
+                installed=installed)
+
+
+def test_openvino_request_downloads_first_then_swaps_offline_under_constraints_then_never_calls_pip(tmp_path):
+    first = _cpu_host()
+    pip = RecordingPip(first.installed)
+    decision, out = _run(first, pip, tmp_path, environ=OV_ENV)
+    assert "could not install" not in out and "ONNX Runtime installed for openvino" in out, out
+    verbs = [c.split()[0] for c in pip.calls]
+    assert verbs == ["download", "download", "uninstall", "install"], pip.calls
+    assert pip.calls[0].startswith(f'download "{OV_RANGE}" -c ') and ' -d "' in pip.calls[0]
+    assert pip.calls[1].startswith('download --no-deps "onnxruntime==1.26.0" -d "')
+    assert pip.calls[2] == "uninstall -y onnxruntime"
+    assert pip.calls[3].startswith(f'install "{OV_RANGE}" -c ') and "--no-index --find-links" in pip.calls[3]
+    for i in (0, 3):  # the runtime's requirements resolve against the WebUI's versions
+        assert pip.constraints[i]["numpy"] == "1.26.2" and pip.constraints[i]["protobuf"] == "3.20.0"
+        assert "onnxruntime" not in pip.constraints[i] and "onnxruntime-openvino" not in pip.constraints[i]
+    assert "onnxruntime" not in pip.installed and pip.installed["onnxruntime-openvino"] == "1.24.1"
+    assert {n: pip.installed[n] for n in CPU_WEBUI if n != "onnxruntime"} == \
+        {n: v for n, v in CPU_WEBUI.items() if n != "onnxruntime"}
+    assert set(pip.installed) - set(CPU_WEBUI) == {"onnxruntime-openvino", "sympy", "mpmath"}
+
+    for environ, ep in ((OV_ENV, "openvino"), ({}, "cpu")):  # next starts, with the request and without it
+        again = RecordingPip(pip.installed)
+        decision, out = _run(pip.host(first), again, tmp_path, environ=environ)
+        assert decision.action == "ok" and again.calls == [], out
+        assert out.strip() == f"[ORT Turbo] ONNX Runtime ready: onnxruntime-openvino 1.24.1 for {ep} " \
+                              f"({out.split('(')[-1].split(' s,')[0]} s, nothing installed)", out
+
+
+@pytest.mark.parametrize("failing,calls,words", [
+    ("download", 1, "downloading (nothing was removed)"),                       # no network
+    ("download --no-deps", 2, "downloading (nothing was removed)"),             # the old one is not on the index
+    ("uninstall", 4, 'uninstalling onnxruntime: pip uninstall failed'),         # a file in use (Windows)
+    ("install", 5, '"onnxruntime==1.26.0" is back in place'),                   # the offline install failed
+])
+def test_a_failed_step_of_the_swap_leaves_the_old_runtime_installed(tmp_path, failing, calls, words):
+    pip = RecordingPip(CPU_WEBUI, fail=lambda args: args.startswith(failing) and "onnxruntime==" not in args
+                       if failing != "download --no-deps" else args.startswith(failing))
+    decision, out = _run(_cpu_host(), pip, tmp_path, environ=OV_ENV)
+    assert len(pip.calls) == calls, pip.calls
+    assert "could not install" in out and words in out and "The WebUI starts anyway" in out, out
+    assert pip.installed.get("onnxruntime") == "1.26.0" and "onnxruntime-openvino" not in pip.installed
+    assert f"remove {RUNTIME_ENV}" in out
+    if failing in ("uninstall", "install"):
+        assert pip.calls[-1].startswith('install --no-deps "onnxruntime==1.26.0" --no-index --find-links "')
+
+
+def test_when_the_restore_fails_too_the_user_is_told_there_may_be_no_onnxruntime(tmp_path):
+    pip = RecordingPip(CPU_WEBUI, fail=lambda args: args.startswith("install"))
+    _, out = _run(_cpu_host(), pip, tmp_path, environ=OV_ENV)
+    assert "NO ONNX Runtime may be installed now" in out and 'pip install "onnxruntime==1.26.0"' in out, out
+
+
+def test_a_declined_request_is_said_in_one_line_at_each_start(tmp_path):
+    h = host(**V1101, installed={"onnxruntime-gpu": "1.26.0"}, side_cudnn9="9.8.0.87", nvidia_driver=True)
+    pip = RecordingPip(h.installed)
+    decision, out = _run(h, pip, tmp_path, environ=OV_ENV)
+    assert decision.action == "ok" and pip.calls == [] and decision.keep == "onnxruntime-gpu"
+    lines = out.splitlines()
+    assert len(lines) == 2 and "ORT_TURBO_RUNTIME=openvino not followed" in lines[0], out
+    assert "ONNX Runtime ready: onnxruntime-gpu 1.26.0 for cuda" in lines[1]
+
+
+def _install_py(monkeypatch, launch):
+    import importlib.util
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "launch", types.SimpleNamespace(**launch))
+    spec = importlib.util.spec_from_file_location("ort_turbo_install_py", Path(__file__).parents[1] / "install.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("skip_install", [False, True])
+def test_install_py_uninstalls_without_run_pips_prefer_binary_which_pip_uninstall_refuses(monkeypatch, skip_install):
+    import argparse
+
+    ran = []
+    module = _install_py(monkeypatch, dict(
+        python="/w/venv/bin/python", args=argparse.Namespace(skip_install=skip_install),
+        run_pip=lambda args, desc: ran.append(("run_pip", args)),
+        run=lambda command, desc=None, errdesc=None: ran.append(("run", command))))
+    module._webui_pip("uninstall -y onnxruntime", "removing onnxruntime")
+    module._webui_pip('install "onnxruntime-openvino>=1.23,<1.27"', "ONNX Runtime")
+    uninstall = [] if skip_install else [("run", '"/w/venv/bin/python" -m pip uninstall -y onnxruntime')]
+    assert ran == uninstall + [("run_pip", 'install "onnxruntime-openvino>=1.23,<1.27"')]
