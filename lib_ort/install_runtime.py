@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 
 from .install_layout import Layout, read_marker, remove_tree, write_marker
-from .runtime_packages import (CUDNN9_FOLDER, REPLACE_ENV, RUNTIME_ENV, Decision, Host, decide, freeze_constraints,
-                               normalize, probe_host, quoted)
+from .runtime_packages import (CUDNN9_FOLDER, REPLACE_ENV, REQUESTABLE, RUNTIME_ENV, Decision, Host, decide,
+                               freeze_constraints, normalize, probe_host, quoted)
 
 PREFIX = "[ORT Turbo]"
 #: Keep a launch without network short: pip's default retries take minutes to give up.
@@ -118,8 +118,8 @@ def run(pip, *, python: str = sys.executable, pins_file: str | os.PathLike | Non
         _say(out, "The WebUI starts anyway: nothing it pins was changed, existing artefacts keep running on the "
                   "ONNX Runtime already there (if any), and ORT Turbo tries again at the next start "
                   "(no network? a proxy? see the pip message above).")
-        if choice.ep == "openvino":
-            _say(out, f"To stop asking for it: remove {RUNTIME_ENV} from webui-user.sh/.bat.")
+        if choice.ep in REQUESTABLE:
+            _say(out, f"To stop asking for {choice.package}: remove {RUNTIME_ENV} from webui-user.sh/.bat.")
     else:
         _say(out, f"ONNX Runtime installed for {choice.ep} ({time.perf_counter() - start:.0f} s)")
     return decision

@@ -217,7 +217,8 @@ def requested(host: Host, runtime: str, table: Choice) -> Choice:
                 f"CPU onnxruntime if installed: both install the same 'onnxruntime' folder)",))
         installed = ", ".join(f"{n} {v}" for n, v in others.items())
         why = (f"{installed} is installed (perhaps by another extension), and only the plain CPU onnxruntime is "
-               f"replaced by {package} (all install the same 'onnxruntime' folder)")
+               f"replaced by {package} (all install the same 'onnxruntime' folder; to switch anyway, uninstall "
+               f"{', '.join(others)} from the WebUI's venv and start again)")
     return dataclasses.replace(table, declined=f"{asked} not followed: {why}; the usual decision applies")
 
 
@@ -572,8 +573,7 @@ def probe_host(*, pins_file: str | os.PathLike | None = None, side_cudnn9: str |
     cuda, cudnn, hip = _torch_build(installed)
     os_name = {"win32": "windows", "darwin": "darwin"}.get(sys.platform, "linux")
     return Host(os=os_name, python=sys.version_info[:2], machine=interpreter_machine(), torch=installed.get("torch"),
-                torch_cuda=cuda,
-                torch_cudnn=cudnn, torch_hip=hip, torch_directml="torch-directml" in installed,
+                torch_cuda=cuda, torch_cudnn=cudnn, torch_hip=hip, torch_directml="torch-directml" in installed,
                 installed=installed, pins=read_pins(pins_file), side_cudnn9=side_cudnn9,
                 nvidia_driver=nvidia_driver_visible(os_name) if cuda else None,
                 requires=_variant_requires(installed))

@@ -9,12 +9,14 @@ Both need the package registry (marker ``registry``): without it they fail, they
 """
 
 import json
+import os
 import re
 import subprocess
 import sys
 
 import pytest
 
+from lib_ort.runtime_packages import version_tuple
 from webui_stub.host_env import PINS, REPO, _pip_env, host_venv
 
 pytestmark = pytest.mark.registry
@@ -80,29 +82,33 @@ def test_install_py_leaves_the_webui_pins_alone_and_is_free_on_relaunch(host):
     assert "1.26." in out and "1.26.2" in out and "3.20.0" in out and "CPUExecutionProvider" in out
 
 
-#: install_runtime.run in the venv's own interpreter, for a host whose torch is a CUDA 13 build
-#: (the venv has no torch: the Host says what a cu130 torch would), pip run as the WebUI runs it.
-NO_DEPS_ROUTE = """
+#: install_runtime.run in the venv's own interpreter, pip run as install.py runs it; argv[4] (JSON) gives the
+#: Host's torch (the venv has none: the Host says what a cu130 torch would) and the environment variables.
+ROUTE = """
 import dataclasses, io, json, subprocess, sys
 sys.path.insert(0, sys.argv[1])
 from lib_ort import install_runtime
 from lib_ort.install_layout import Layout
 from lib_ort.runtime_packages import probe_host
+sys.argv[0] = sys.argv[1] + "/install.py"
+import runpy
+webui_pip = runpy.run_path(sys.argv[0], run_name="install")["_webui_pip"]  # outside the WebUI: no launch
 calls = []
 def pip(args, desc):
     calls.append(args)
-    done = subprocess.run(f'"{sys.executable}" -m pip {args} --prefer-binary', shell=True, capture_output=True,
-                          text=True)
-    if done.returncode:
-        raise RuntimeError(done.stdout[-2000:] + done.stderr[-2000:])
-host = dataclasses.replace(probe_host(pins_file=sys.argv[2]), torch="2.9.0+cu130", torch_cuda=(13, 0),
-                           torch_cudnn=9, nvidia_driver=True)
+    webui_pip(args, desc)
+given = json.loads(sys.argv[4])
+host = dataclasses.replace(probe_host(pins_file=sys.argv[2]),
+                           **{k: tuple(v) if isinstance(v, list) else v for k, v in given["host"].items()})
 out = io.StringIO()
-decision = install_runtime.run(pip, layout=Layout(sys.argv[3]), host=host, out=out, environ={})
+decision = install_runtime.run(pip, layout=Layout(sys.argv[3]), host=host, out=out, environ=given["environ"])
 print(json.dumps({"action": decision.action, "calls": calls, "out": out.getvalue()}))
 """
+CU130_HOST = {"torch": "2.9.0+cu130", "torch_cuda": [13, 0], "torch_cudnn": 9, "nvidia_driver": True}
 
-def test_no_deps_route_for_cuda13_keeps_protobuf_3_20_and_the_runtime_works(tmp_path):
+
+def _small_venv(tmp_path, *packages):
+    """A venv with ``packages`` (the WebUI's pins that matter), its pip and its ``pip list`` as a dict."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")
@@ -114,14 +120,22 @@ def test_no_deps_route_for_cuda13_keeps_protobuf_3_20_and_the_runtime_works(tmp_
         listed = json.loads(pip("list", "--format=json").stdout)
         return {re.sub(r"[-_.]+", "-", d["name"]).lower(): d["version"] for d in listed}
 
-    pip("install", "-q", "protobuf==3.20.0", "numpy==1.26.2", "packaging")
+    pip("install", "-q", *packages)
+    return python, pip, freeze
+
+
+def _route(python, tmp_path, given, env=None):
+    done = subprocess.run([python, "-c", ROUTE, str(REPO), str(PINS), str(tmp_path / "data"), json.dumps(given)],
+                          capture_output=True, text=True, env={**_pip_env(), **(env or {})}, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+def test_no_deps_route_for_cuda13_keeps_protobuf_3_20_and_the_runtime_works(tmp_path):
+    python, _, freeze = _small_venv(tmp_path, "protobuf==3.20.0", "numpy==1.26.2", "packaging")
     before = freeze()
 
     def route():
-        done = subprocess.run([python, "-c", NO_DEPS_ROUTE, str(REPO), str(PINS), str(tmp_path / "data")],
-                              capture_output=True, text=True, env=_pip_env(), timeout=900)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        return json.loads(done.stdout.splitlines()[-1])
+        return _route(python, tmp_path, {"host": CU130_HOST, "environ": {}})
 
     first = route()
     assert first["action"] == "install" and "could not install" not in first["out"], first["out"]
@@ -155,3 +169,32 @@ def test_no_deps_route_for_cuda13_keeps_protobuf_3_20_and_the_runtime_works(tmp_
     y, protobuf_loaded, providers = json.loads(ran)
     assert np.allclose(y, [3.0, 4.0]) and not protobuf_loaded
     assert "CPUExecutionProvider" in providers and "CUDAExecutionProvider" in providers
+
+
+def test_openvino_request_swaps_the_cpu_runtime_offline_after_downloading_and_keeps_the_pins(tmp_path):
+    """ORT_TURBO_RUNTIME=openvino on a CPU WebUI that has ORT Turbo's onnxruntime 1.26.0: without network
+    nothing changes; with it onnxruntime-openvino replaces onnxruntime and numpy/protobuf stay."""
+    python, pip, freeze = _small_venv(tmp_path, "protobuf==3.20.0", "numpy==1.26.2")
+    pip("install", "-q", "onnxruntime==1.26.0", "protobuf==3.20.0", "numpy==1.26.2")  # as ORT Turbo installs it
+    before = freeze()
+    request = {"host": {"torch": "2.1.2+cpu"}, "environ": {"ORT_TURBO_RUNTIME": "openvino"}}
+
+    offline = _route(python, tmp_path, request, env={"PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+                                                     "PIP_CONFIG_FILE": os.devnull})
+    assert "downloading (nothing was removed)" in offline["out"] and len(offline["calls"]) == 1, offline
+    assert freeze() == before
+
+    first = _route(python, tmp_path, request)
+    assert first["action"] == "install" and "could not install" not in first["out"], first["out"]
+    assert [c.split()[0] for c in first["calls"]] == ["download", "download", "uninstall", "install"]
+    after = freeze()
+    assert "onnxruntime" not in after and version_tuple(after["onnxruntime-openvino"])[:2] >= (1, 23)
+    assert {n: after[n] for n in before if n != "onnxruntime"} == {n: v for n, v in before.items()
+                                                                    if n != "onnxruntime"}  # numpy, protobuf kept
+    ran = subprocess.run([python, "-c", "import onnxruntime; print(onnxruntime.get_available_providers())"],
+                         capture_output=True, text=True, env=_pip_env(), check=True).stdout
+    assert "OpenVINOExecutionProvider" in ran and "CPUExecutionProvider" in ran
+
+    for environ, ep in (({"ORT_TURBO_RUNTIME": "openvino"}, "openvino"), ({}, "cpu")):  # later starts: no pip
+        again = _route(python, tmp_path, {**request, "environ": environ})
+        assert again["action"] == "ok" and again["calls"] == [] and f"for {ep} (" in again["out"], again
