@@ -567,3 +567,15 @@ def test_install_py_uninstalls_without_run_pips_prefer_binary_which_pip_uninstal
     module._webui_pip('install "onnxruntime-openvino>=1.23,<1.27"', "ONNX Runtime")
     uninstall = [] if skip_install else [("run", '"/w/venv/bin/python" -m pip uninstall -y onnxruntime')]
     assert ran == uninstall + [("run_pip", 'install "onnxruntime-openvino>=1.23,<1.27"')]
+
+
+def test_replace_opt_in_takes_the_same_download_first_route_with_the_no_deps_steps(tmp_path):
+    installed = {**WEBUI_INSTALLED, "onnxruntime": "1.26.0"}
+    pip = RecordingPip(installed)
+    _, out = _run(host(**CU130, installed=installed, nvidia_driver=True), pip, tmp_path,
+                  environ={"ORT_TURBO_REPLACE_ORT": "1"})
+    assert [c.split(' -c ')[0].split(' -d ')[0].split(' --no-index')[0] for c in pip.calls] == [
+        'download "flatbuffers"', 'download --no-deps "onnxruntime-gpu>=1.27"', 'download --no-deps "onnxruntime==1.26.0"',
+        "uninstall -y onnxruntime", 'install "flatbuffers"', 'install --no-deps "onnxruntime-gpu>=1.27"'], pip.calls
+    assert all("--no-index" in c for c in pip.calls[4:]) and "could not install" not in out, out
+    assert "onnxruntime" not in pip.installed and pip.installed["protobuf"] == "3.20.0"
