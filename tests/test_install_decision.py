@@ -575,7 +575,8 @@ def test_replace_opt_in_takes_the_same_download_first_route_with_the_no_deps_ste
     _, out = _run(host(**CU130, installed=installed, nvidia_driver=True), pip, tmp_path,
                   environ={"ORT_TURBO_REPLACE_ORT": "1"})
     assert [c.split(' -c ')[0].split(' -d ')[0].split(' --no-index')[0] for c in pip.calls] == [
-        'download "flatbuffers"', 'download --no-deps "onnxruntime-gpu>=1.27"', 'download --no-deps "onnxruntime==1.26.0"',
+        'download "flatbuffers"', 'download --no-deps "onnxruntime-gpu>=1.27"',
+        'download --no-deps "onnxruntime==1.26.0"',
         "uninstall -y onnxruntime", 'install "flatbuffers"', 'install --no-deps "onnxruntime-gpu>=1.27"'], pip.calls
     assert all("--no-index" in c for c in pip.calls[4:]) and "could not install" not in out, out
     assert "onnxruntime" not in pip.installed and pip.installed["protobuf"] == "3.20.0"

@@ -3,9 +3,10 @@
 Without network it changes nothing and says what it could not install; with network it adds only
 ONNX Runtime and its own dependencies, changing no installed package; the next launch makes no
 pip call and takes well under a second. The second test takes the no-deps route (CUDA 13 under the
-protobuf 3.20.0 pin) for real in a small venv.
+protobuf 3.20.0 pin) for real in a small venv; the third the ORT_TURBO_RUNTIME=openvino swap of
+ORT Turbo's onnxruntime 1.26.0 for onnxruntime-openvino (numpy 1.26.2 and protobuf 3.20.0 kept).
 
-Both need the package registry (marker ``registry``): without it they fail, they do not skip.
+All need the package registry (marker ``registry``): without it they fail, they do not skip.
 """
 
 import json
@@ -85,14 +86,12 @@ def test_install_py_leaves_the_webui_pins_alone_and_is_free_on_relaunch(host):
 #: install_runtime.run in the venv's own interpreter, pip run as install.py runs it; argv[4] (JSON) gives the
 #: Host's torch (the venv has none: the Host says what a cu130 torch would) and the environment variables.
 ROUTE = """
-import dataclasses, io, json, subprocess, sys
+import dataclasses, io, json, runpy, sys
 sys.path.insert(0, sys.argv[1])
 from lib_ort import install_runtime
 from lib_ort.install_layout import Layout
 from lib_ort.runtime_packages import probe_host
-sys.argv[0] = sys.argv[1] + "/install.py"
-import runpy
-webui_pip = runpy.run_path(sys.argv[0], run_name="install")["_webui_pip"]  # outside the WebUI: no launch
+webui_pip = runpy.run_path(sys.argv[1] + "/install.py", run_name="install")["_webui_pip"]  # no launch: plain pip
 calls = []
 def pip(args, desc):
     calls.append(args)
@@ -129,6 +128,7 @@ def _route(python, tmp_path, given, env=None):
                           capture_output=True, text=True, env={**_pip_env(), **(env or {})}, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads(done.stdout.splitlines()[-1])
+
 
 def test_no_deps_route_for_cuda13_keeps_protobuf_3_20_and_the_runtime_works(tmp_path):
     python, _, freeze = _small_venv(tmp_path, "protobuf==3.20.0", "numpy==1.26.2", "packaging")
