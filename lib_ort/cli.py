@@ -155,7 +155,7 @@ def cmd_webui_bench(args) -> dict:
 
     result = run_webui_bench(args.url, batches=args.batches, steps=args.steps, width=args.width, height=args.height,
                              seed=args.seed, runs=args.runs, warmup=args.warmup, attention=args.attention,
-                             out_dir=args.out,
+                             providers=args.providers, out_dir=args.out,
                              progress=_console_progress)
     print(result["files"]["table"], file=sys.stderr)
     return result
@@ -250,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", nargs="+", default=list(ATTENTION),
                    help="cross-attention optimizations (their titles in the WebUI's settings) to time the PyTorch "
                         "rows under; gains are over the faster stock row")
+    p.add_argument("--providers", nargs="+", default=None,
+                   help="execution providers (their labels in Settings -> ORT Turbo, e.g. CPU \"OpenVINO (CPU)\") to "
+                        "time the ORT Turbo row under, one row each; default: the WebUI's own setting")
     p.add_argument("--out", type=Path, default=Path("bench-out"))
     p.set_defaults(func=cmd_webui_bench)
     return parser

@@ -15,6 +15,10 @@ which ``/sdapi/v1/options`` runs and ``override_settings`` does not (``processin
 ``run_callbacks=False``), so it is set through the options endpoint, and the user's value is written back
 at the end. ORT Turbo runs under the user's own setting (its UNet does not use it).
 
+``providers`` (labels of Settings -> ORT Turbo -> Execution provider, e.g. "CPU", "OpenVINO (CPU)") times the
+ORT Turbo row once per provider, set the same way (the options endpoint, the user's value back at the
+end); a request whose infotext names another provider is reported as an error, not as that provider.
+
 The SD Unet is chosen per request through ``override_settings``. The WebUI (v1.10.1) puts an overridden
 setting back afterwards only if the user had set it before (``processing.py``), so on a fresh config the
 first override would stick. The user's SD Unet is therefore read first, written back as it is (so every
@@ -42,6 +46,10 @@ CONFIGS = (
 #: InvokeAI is what Automatic picks without CUDA/MPS, SDP is PyTorch's scaled_dot_product_attention
 ATTENTION = ("InvokeAI", "sdp - scaled dot product")
 STOCK = CONFIGS[0][0]
+ATTENTION_OPTION = "cross_attention_optimization"
+#: Settings -> ORT Turbo -> Execution provider (lib_ort/webui/settings.py PROVIDER; not imported: this module
+#: talks to a WebUI over HTTP and imports nothing of ours that needs it)
+PROVIDER_OPTION = "ort_turbo_provider"
 
 
 def payload(sd_unet: str, cfg_free: bool, batch: int, steps: int, width: int, height: int, seed: int) -> dict:
@@ -82,8 +90,8 @@ def _infotext(response: dict) -> str:
 
 
 def run_webui_bench(url: str, *, batches=(1, 4), steps=(1, 4), width: int = 512, height: int = 512, seed: int = 1,
-                    runs: int = 5, warmup: int = 1, timeout: float = 1800, attention=ATTENTION, out_dir=None,
-                    progress=None) -> dict:
+                    runs: int = 5, warmup: int = 1, timeout: float = 1800, attention=ATTENTION, providers=None,
+                    out_dir=None, progress=None) -> dict:
     from .report import write_report
 
     report = progress or (lambda fraction, message: None)
@@ -92,21 +100,26 @@ def run_webui_bench(url: str, *, batches=(1, 4), steps=(1, 4), width: int = 512,
     except RuntimeError:
         users = {}  # no WebUI there: every row says so below
     users_sd_unet, users_attention = users.get("sd_unet"), users.get("cross_attention_optimization")
+    users_provider = users.get(PROVIDER_OPTION)
     if users_sd_unet is not None:
         call(url, "/sdapi/v1/options", {"sd_unet": users_sd_unet}, 300)
-    plan = [(f"{label} ({a})", sd_unet, cfg_free, a) for a in attention for label, sd_unet, cfg_free in CONFIGS[:2]]
-    plan += [(label, sd_unet, cfg_free, None) for label, sd_unet, cfg_free in CONFIGS[2:]]
+    plan = [(f"{label} ({a})", sd_unet, cfg_free, {ATTENTION_OPTION: a})
+            for a in attention for label, sd_unet, cfg_free in CONFIGS[:2]]
+    plan += [(label if not providers else f"{label} ({p})", sd_unet, cfg_free, {PROVIDER_OPTION: p} if providers else {})
+             for label, sd_unet, cfg_free in CONFIGS[2:] for p in (providers or [None])]
+    users_values = {ATTENTION_OPTION: users_attention, PROVIDER_OPTION: users_provider}
     try:
         rows = _time_grid(url, plan, batches, steps, width, height, seed, runs, warmup, timeout, report,
-                          users_attention)
+                          users_values)
     finally:
-        restore = {k: v for k, v in (("sd_unet", users_sd_unet), ("cross_attention_optimization", users_attention))
-                   if v is not None}
+        restore = {k: v for k, v in (("sd_unet", users_sd_unet), (ATTENTION_OPTION, users_attention),
+                                     (PROVIDER_OPTION, users_provider)) if v is not None}
         if restore:
             call(url, "/sdapi/v1/options", restore, 300)
     baseline = stock_baseline(rows)
     meta = {"url": url, "width": width, "height": height, "seed": seed, "runs": runs, "warmup": warmup,
             "users_sd_unet": users_sd_unet, "users_cross_attention_optimization": users_attention,
+            "users_provider": users_provider,
             "baseline": baseline,
             "method": "whole /sdapi/v1/txt2img requests (text encoders, UNet steps, VAE decode), CFG scale 1, "
                       f"Euler a + SGM Uniform; median of {runs} after {warmup} warm-up; the PyTorch rows once per "
@@ -133,17 +146,19 @@ def stock_baseline(rows: list[dict]) -> str | None:
 
 
 def _time_grid(url, plan, batches, steps, width, height, seed, runs, warmup, timeout, report,
-               users_attention) -> list[dict]:
+               users_values: dict) -> list[dict]:
     rows = []
     total = len(plan) * len(batches) * len(steps)
     done = 0
-    current = None
-    for label, sd_unet, cfg_free, attention in plan:
-        wanted = attention or users_attention
-        if wanted is not None and wanted != current:
+    current: dict = {}
+    for label, sd_unet, cfg_free, options in plan:
+        # each row's own options, the user's values for the rest (ORT Turbo runs under the user's attention)
+        wanted = {key: options.get(key, value) for key, value in users_values.items()}
+        changed = {key: value for key, value in wanted.items() if value is not None and current.get(key) != value}
+        if changed:
             try:
-                call(url, "/sdapi/v1/options", {"cross_attention_optimization": wanted}, 300)
-                current = wanted
+                call(url, "/sdapi/v1/options", changed, 300)
+                current.update(changed)
             except RuntimeError:
                 pass  # no WebUI: the requests below say so
         for batch in batches:
@@ -166,6 +181,9 @@ def _time_grid(url, plan, batches, steps, width, height, seed, runs, warmup, tim
                     ran = _ort_turbo_value(info)
                     if sd_unet == "ORT Turbo" and (ran is None or "PyTorch" in ran):
                         row["error"] = "PyTorch ran: " + (ran.split(": ", 1)[-1] if ran else "no ORT Turbo infotext")
+                        row["images_per_s"] = None
+                    elif PROVIDER_OPTION in options and f"({options[PROVIDER_OPTION]}" not in ran:
+                        row["error"] = f"another provider ran: {ran}"
                         row["images_per_s"] = None
                 except RuntimeError as exc:
                     row["error"] = str(exc)

@@ -27,7 +27,7 @@ class FakeWebUI(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self):
-        self._answer(dict(FakeWebUI.options))
+        self._answer(dict(type(self).options))
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -102,3 +102,52 @@ def test_webui_bench_says_when_no_webui_is_there(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert all("cannot reach the WebUI" in r["error"] for r in result["rows"])
     assert result["meta"]["baseline"] is None
+
+
+class FakeWebUIWithProviders(FakeWebUI):
+    """The same WebUI with ORT Turbo's provider setting; "OpenVINO (CPU)" is not in its onnxruntime, so ORT
+    Turbo runs on the CPU provider and its infotext says so."""
+
+    requests: list = []
+    options = {"sd_unet": "Automatic", "cross_attention_optimization": "Automatic", "ort_turbo_provider": "Automatic"}
+    applied = ["Automatic"]
+    user_set: set = set()
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append((self.path, body))
+        if self.path == "/sdapi/v1/options":
+            type(self).options.update(body)
+            return self._answer(None)
+        ours = body["override_settings"]["sd_unet"] == "ORT Turbo"
+        ran = "CPU" if type(self).options["ort_turbo_provider"] in ("CPU", "Automatic") else "CPU, not OpenVINO"
+        text = f"Steps: 1, ORT Turbo: abc-cpu-fp32 ({ran.split(',')[0]})" if ours else "Steps: 1"
+        body["_provider"] = type(self).options["ort_turbo_provider"]
+        self._answer({"images": [], "info": json.dumps({"infotexts": [text]})})
+
+
+def test_webui_bench_times_ort_turbo_once_per_provider_and_catches_the_wrong_one(tmp_path, capsys):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeWebUIWithProviders)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        assert main(["webui-bench", "--url", url, "--runs", "1", "--warmup", "0", "--batches", "1", "--steps", "1",
+                     "--attention", "InvokeAI", "--providers", "CPU", "OpenVINO (CPU)", "--out", str(tmp_path)]) == 0
+    finally:
+        server.shutdown()
+    result = json.loads(capsys.readouterr().out)
+    rows = {r["config"]: r for r in result["rows"]}
+    assert list(rows) == ["WebUI stock (InvokeAI)", "WebUI + CFG-free (InvokeAI)", "ORT Turbo (CPU)",
+                          "ORT Turbo (OpenVINO (CPU))"]
+    assert rows["ORT Turbo (CPU)"]["images_per_s"] and "error" not in rows["ORT Turbo (CPU)"]
+    # the WebUI ran its CPU provider although OpenVINO was asked for: not counted as OpenVINO
+    assert rows["ORT Turbo (OpenVINO (CPU))"]["images_per_s"] is None
+    assert rows["ORT Turbo (OpenVINO (CPU))"]["error"].startswith("another provider ran: abc-cpu-fp32 (CPU)")
+    txt2img = [body for path, body in FakeWebUIWithProviders.requests if path == "/sdapi/v1/txt2img"]
+    # the stock rows run under the user's provider setting, each ORT Turbo row under its own
+    assert [b["_provider"] for b in txt2img] == ["Automatic", "Automatic", "CPU", "OpenVINO (CPU)"]
+    # the user's values are back at the end
+    assert FakeWebUIWithProviders.options == {"sd_unet": "Automatic", "cross_attention_optimization": "Automatic",
+                                              "ort_turbo_provider": "Automatic"}
+    assert result["meta"]["users_provider"] == "Automatic"
