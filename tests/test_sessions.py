@@ -223,6 +223,16 @@ def test_openvino_plan_follows_torch_threads_the_asked_precision_and_a_given_cac
         plan_session("openvino", openvino_precision="BF16")
 
 
+def test_the_runner_names_the_precision_openvino_runs_in():
+    from lib_ort.runner import OrtRunner
+
+    runner = OrtRunner.__new__(OrtRunner)  # the label needs only the provider and the plan
+    runner.ep, runner.plan = "openvino", plan_session("openvino", intra_op_threads=1, openvino_precision="bf16")
+    assert runner.runs_on == "OpenVINO (CPU), bf16"
+    runner.ep, runner.plan = "cpu", plan_session("cpu", intra_op_threads=1)
+    assert runner.runs_on == "CPU"
+
+
 class _SessionOn:
     def __init__(self, *used):
         self.used = list(used)
