@@ -2,6 +2,8 @@
 # make test:  set up both environments and run the CPU test suite (what CI runs).
 #   .venv        engine + Olive toolchain (requirements-dev.txt)
 #   .venv-webui  a WebUI-v1.10.1-like environment for the adapter and browser tests (requirements-webui.txt)
+#   .venv-openvino  onnxruntime-openvino and numpy, for `make test-openvino` (it replaces onnxruntime, so it
+#                   cannot sit in .venv; not part of `make test`)
 # The browser tests drive headless Chromium (Debian packages chromium, chromium-driver; installed with
 # apt-get when missing, as root or through sudo). Without them the tests fail; they never skip.
 VENV ?= .venv
@@ -10,11 +12,15 @@ PY := $(VENV)/bin/python
 WEBUI_PY := $(WEBUI_VENV)/bin/python
 STAMP := $(VENV)/.ort-turbo-setup
 WEBUI_STAMP := $(WEBUI_VENV)/.ort-turbo-setup
+OPENVINO_VENV ?= .venv-openvino
+OPENVINO_PY := $(OPENVINO_VENV)/bin/python
+OPENVINO_STAMP := $(OPENVINO_VENV)/.ort-turbo-setup
 SDKIT := stable-diffusion-sdkit==2.1.5
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup setup-webui chromium test test-engine test-webui test-browser test-js test-gpu-dry-run gpu-check screenshots bench clean
+.PHONY: setup setup-webui setup-openvino chromium test test-engine test-webui test-openvino test-browser test-js \
+	test-gpu-dry-run gpu-check screenshots bench clean
 
 setup: $(STAMP)
 
@@ -31,6 +37,13 @@ $(WEBUI_STAMP): requirements-webui.txt
 	$(WEBUI_PY) -m pip install -q -r requirements-webui.txt
 	$(WEBUI_PY) -m pip install -q --no-deps $(SDKIT)
 	touch $(WEBUI_STAMP)
+
+$(OPENVINO_STAMP):
+	test -x $(OPENVINO_PY) || python3 -m venv $(OPENVINO_VENV)
+	$(OPENVINO_PY) -m pip install -q "onnxruntime-openvino>=1.23.0" numpy
+	touch $(OPENVINO_STAMP)
+
+setup-openvino: $(OPENVINO_STAMP)
 
 test: test-js test-engine test-webui test-browser
 
@@ -49,6 +62,10 @@ gpu-check:
 	python3 tests/gpu/make_device_data.py $(GPU_OUT)/data --ep cuda --size real --families "$(GPU_FAMILIES)"
 	python3 tests/gpu/device_check.py $(GPU_OUT)/data $(GPU_OUT) --steps $(GPU_STEPS); \
 	  status=$$?; python3 tests/gpu/report.py $(GPU_OUT); exit $$status
+
+# the OpenVINO provider for real: tiny models optimized in .venv, run by .venv-openvino (fp32; bf16 on CPUs with it)
+test-openvino: setup setup-openvino
+	ORT_TURBO_OPENVINO_PYTHON=$(abspath $(OPENVINO_PY)) $(PY) -m pytest -q tests/test_openvino_run.py
 
 test-webui: setup setup-webui
 	ORT_TURBO_TOOLCHAIN_PYTHON=$(abspath $(PY)) $(WEBUI_PY) -m pytest -q -p no:cacheprovider tests/webui
@@ -74,4 +91,4 @@ bench: setup
 	$(PY) -m lib_ort bench --arch sd-turbo --ep cpu --unfused --json
 
 clean:
-	rm -rf $(VENV) $(WEBUI_VENV) artefacts
+	rm -rf $(VENV) $(WEBUI_VENV) $(OPENVINO_VENV) artefacts

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from . import providers
 from .errors import OrtTurboError
 from .registry import Artefact
 from .sessions import CudaRunner, create_session, require_provider
@@ -30,6 +31,7 @@ class OrtRunner:
         self.device_id = device_id
         self.guarded = artefact.manifest.get("precision", "fp32") != "fp32"
         require_provider(self.ep)
+        self.plan = None  # the part runner's session plan
         self.stream = None
         self.vram = None
         if self.ep in ("cuda", "tensorrt"):
@@ -54,6 +56,13 @@ class OrtRunner:
     @property
     def stream_handle(self):
         return self.stream.cuda_stream if self.stream is not None else None
+
+    @property
+    def runs_on(self) -> str:
+        """The provider as a user reads it, with the arithmetic chosen at load time where the artefact does not
+        fix it ("OpenVINO (CPU), bf16": its images differ slightly from an fp32 run's)."""
+        precision = self.plan.precision if self.plan is not None else None
+        return f"{providers.label(self.ep)}, {precision}" if precision else providers.label(self.ep)
 
     def device_for(self, plan) -> torch.device:
         return torch.device("cuda", self.device_id) if plan.io_binding else torch.device("cpu")

@@ -45,7 +45,8 @@ def input_dtypes(manifest: dict) -> dict:
 
 class OrtUnet(OrtRunner):
     def __init__(self, artefact: Artefact, *, device_id: int = 0, cuda_graph: bool = False,
-                 intra_op_threads: int | None = None, cache_dir=None, trt_request: dict | None = None):
+                 intra_op_threads: int | None = None, cache_dir=None, trt_request: dict | None = None,
+                 openvino_precision: str = "auto"):
         super().__init__(artefact, device_id=device_id, what="the ONNX UNet", needs="artefact")
         m = artefact.manifest
         self.io = m["io"]
@@ -67,7 +68,8 @@ class OrtUnet(OrtRunner):
         self.graphs = graph_policy(cuda_graph, self.ep, memcpy)
         self.plan = plan_session(self.ep, manifest=m, device_id=device_id, stream=self.stream_handle,
                                  cuda_graph=self.graphs.use_graphs, intra_op_threads=intra_op_threads,
-                                 cache_dir=cache_dir, trt_profiles=trt_profiles, cuda_options=self.cuda_options)
+                                 cache_dir=cache_dir, trt_profiles=trt_profiles, cuda_options=self.cuda_options,
+                                 openvino_precision=openvino_precision)
         #: weights given in place of the artefact's own (initializer -> numpy array ORT reads in place)
         self.replaced: dict = {}
         self.session, self.runner = self._open()

@@ -26,7 +26,8 @@ from .sessions import plan_session, vae_trt_profiles
 
 
 class OrtVae(OrtRunner):
-    def __init__(self, artefact: Artefact, *, device_id: int = 0, intra_op_threads: int | None = None):
+    def __init__(self, artefact: Artefact, *, device_id: int = 0, intra_op_threads: int | None = None,
+                 openvino_precision: str = "auto"):
         m = artefact.manifest
         if m.get("kind") != "vae":
             raise OrtTurboError(f"{artefact.id} is not a VAE artefact")
@@ -35,6 +36,7 @@ class OrtVae(OrtRunner):
         self.precision = m["precision"]
         self.vae_hash = m["vae"]["hash"]
         self.intra_op_threads = intra_op_threads
+        self.openvino_precision = openvino_precision
         self.plan = self._plan(None)
         self.device = self.device_for(self.plan)
         self._sessions: dict[str, tuple] = {}
@@ -53,7 +55,7 @@ class OrtVae(OrtRunner):
         return plan_session(self.ep, device_id=self.device_id, stream=self.stream_handle,
                             intra_op_threads=self.intra_op_threads, trt_profiles=profiles, cuda_options=self.cuda_options,
                             cpu_memory_arena=False,  # 512² activations: faster without the arena on CPU
-                            shrink_arena=self.ep in ("cuda", "tensorrt"))
+                            shrink_arena=self.ep in ("cuda", "tensorrt"), openvino_precision=self.openvino_precision)
 
 
     def _part(self, part: str):

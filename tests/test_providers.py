@@ -44,7 +44,7 @@ def test_every_onnxruntime_package_serves_the_cpu_and_gpu_providers_need_their_o
 
 
 def test_an_unknown_key_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown execution provider 'rocm'; choose one of: cuda, tensorrt, dml, cpu"):
+    with pytest.raises(ValueError, match="unknown execution provider 'rocm'; choose one of: cuda, tensorrt, dml, openvino, cpu"):
         provider("rocm")
     with pytest.raises(ValueError, match="unknown execution provider"):
         provider("CUDA")  # a label is not a key
@@ -60,5 +60,5 @@ def test_the_table_imports_nothing_heavy():
 
 
 def test_a_user_reads_the_label_and_an_unknown_key_stays_readable():
-    assert [label(p.key) for p in PROVIDERS] == ["CUDA", "TensorRT", "DirectML", "CPU"]
+    assert [label(p.key) for p in PROVIDERS] == ["CUDA", "TensorRT", "DirectML", "OpenVINO (CPU)", "CPU"]
     assert label("rocm") == "rocm"  # a manifest from another version still lists

@@ -153,8 +153,10 @@ def test_dml_recipe_uses_only_directml_safe_fusions(artefact_of):
     assert set(artefact.manifest["io_types"].values()) == {"FLOAT16"}
 
 
-def test_tensorrt_recipe_is_a_clean_fp32_graph(artefact_of):
-    artefact = artefact_of("tiny-sd2", "tensorrt")
+@pytest.mark.parametrize("ep", ["tensorrt", "openvino"])
+def test_compiling_providers_get_a_clean_fp32_graph(artefact_of, ep):
+    """TensorRT and OpenVINO compile the ONNX graph themselves: ORT's contrib ops would be left to the CPU."""
+    artefact = artefact_of("tiny-sd2", ep)
     model = __import__("onnx").load(str(artefact.model_path), load_external_data=False)
     assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}  # no ORT contrib op
     ops = op_counts(model)

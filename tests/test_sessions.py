@@ -1,13 +1,16 @@
 import dataclasses
+import json
 
 import pytest
 import torch
 
 from lib_ort.errors import OrtTurboError
 from lib_ort.cuda_libraries import find_tensorrt
+from lib_ort import sessions
 from lib_ort.sessions import (OWN_STREAM_STEPS, CudaGraphBook, CudaRunner, GraphThread, binding_plan, create_session,
-                              graph_policy, placement_report, plan_session, require_tensorrt_libraries, run_ordered,
-                              stream_order, unet_trt_profiles, vae_trt_profiles)
+                              graph_policy, placement_report, plan_session, require_planned_provider,
+                              require_tensorrt_libraries, resolve_openvino_precision, run_ordered, stream_order,
+                              unet_trt_profiles, vae_trt_profiles)
 
 MANIFEST = {
     "input_names": ["sample", "timestep", "encoder_hidden_states", "y"],
@@ -171,6 +174,101 @@ def test_dml_plan():
     plan = plan_session("dml", device_id=0)
     assert plan.providers[0] == ("DmlExecutionProvider", {"device_id": "0"})
     assert plan.session_options["enable_mem_pattern"] is False
+
+
+BF16_CPU = frozenset({"avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+AVX2_CPU = frozenset({"avx2", "fma", "f16c"})
+
+
+def test_openvino_precision_auto_is_bf16_only_with_native_bf16():
+    assert resolve_openvino_precision("auto", BF16_CPU) == "bf16"
+    assert resolve_openvino_precision("auto", {"avx512_bf16"}) == "bf16"
+    assert resolve_openvino_precision("auto", {"amx_bf16"}) == "bf16"
+    assert resolve_openvino_precision("auto", AVX2_CPU) == "fp32"
+    assert resolve_openvino_precision("auto", frozenset()) == "fp32"  # flags unknown (not Linux): never a guess
+    assert resolve_openvino_precision("bf16", AVX2_CPU) == "bf16"  # asked for: emulated, the user's choice
+    assert resolve_openvino_precision("fp32", BF16_CPU) == "fp32"
+    with pytest.raises(ValueError, match="unknown OpenVINO precision 'fp16'"):
+        resolve_openvino_precision("fp16", BF16_CPU)
+
+
+@pytest.mark.parametrize("flags, expected", [(BF16_CPU, "bf16"), (AVX2_CPU, "fp32")])
+def test_openvino_plan_is_the_cpu_path_with_openvino_first(monkeypatch, flags, expected):
+    monkeypatch.setattr("lib_ort.cpu_features.this_cpu_flags", lambda: flags)
+    plan = plan_session("openvino", intra_op_threads=3, cpu_memory_arena=False)
+    (name, options), fallback = plan.providers
+    assert name == "OpenVINOExecutionProvider" and fallback == ("CPUExecutionProvider", {})
+    assert options["device_type"] == "CPU" and options["num_of_threads"] == "3"
+    assert all(isinstance(v, str) for v in options.values())  # ORT takes provider options as strings
+    assert plan.precision == expected
+    if expected == "bf16":  # a JSON string: a path or "precision": "BF16" make the EP fail on CPU
+        assert json.loads(options["load_config"]) == {"CPU": {"INFERENCE_PRECISION_HINT": "bf16"}}
+        assert "precision" not in options
+    else:
+        assert options["precision"] == "FP32" and "load_config" not in options
+    assert "cache_dir" not in options  # measured slower to load from than to compile (sessions.openvino_options)
+    assert plan.session_options["intra_op_num_threads"] == 3 and plan.session_options["enable_cpu_mem_arena"] is False
+    assert not plan.io_binding and not plan.cuda_graph and not plan.preload_dlls and plan.stream is None
+    assert plan.to_dict()["precision"] == expected
+
+
+def test_openvino_plan_follows_torch_threads_the_asked_precision_and_a_given_cache(tmp_path):
+    plan = plan_session("openvino", openvino_precision="fp32", cache_dir=tmp_path)
+    options = plan.providers[0][1]
+    assert options["num_of_threads"] == str(torch.get_num_threads()) == str(plan.session_options["intra_op_num_threads"])
+    assert plan.precision == "fp32" and options["cache_dir"] == str(tmp_path)
+    assert plan_session("openvino", openvino_precision="bf16").precision == "bf16"
+    assert plan_session("cpu").precision is None  # the artefact's own precision runs
+    with pytest.raises(ValueError, match="OpenVINO precision"):
+        plan_session("openvino", openvino_precision="BF16")
+
+
+def test_the_runner_names_the_precision_openvino_runs_in():
+    from lib_ort.runner import OrtRunner
+
+    runner = OrtRunner.__new__(OrtRunner)  # the label needs only the provider and the plan
+    runner.ep, runner.plan = "openvino", plan_session("openvino", intra_op_threads=1, openvino_precision="bf16")
+    assert runner.runs_on == "OpenVINO (CPU), bf16"
+    runner.ep, runner.plan = "cpu", plan_session("cpu", intra_op_threads=1)
+    assert runner.runs_on == "CPU"
+
+
+class _SessionOn:
+    def __init__(self, *used):
+        self.used = list(used)
+
+    def get_providers(self):
+        return self.used
+
+
+@pytest.mark.parametrize("used", [["CPUExecutionProvider"], []])
+def test_a_session_on_another_provider_than_planned_is_refused(used):
+    plan = plan_session("openvino", intra_op_threads=1, openvino_precision="bf16")
+    with pytest.raises(OrtTurboError, match="fell back to .* instead of OpenVINOExecutionProvider .*OpenVINO precision fp32"):
+        require_planned_provider(_SessionOn(*used), plan)
+    require_planned_provider(_SessionOn("OpenVINOExecutionProvider", "CPUExecutionProvider"), plan)
+    with pytest.raises(OrtTurboError, match="instead of CUDAExecutionProvider .*CUDA/cuDNN"):
+        require_planned_provider(_SessionOn("CPUExecutionProvider"), plan_session("cuda"))
+    require_planned_provider(_SessionOn("CPUExecutionProvider"), plan_session("cpu", intra_op_threads=1))
+
+
+def test_onnx_runtime_quietly_building_a_cpu_session_for_openvino_is_refused(tmp_path, monkeypatch):
+    """What ONNX Runtime really does with a provider it cannot create (here: one this build lacks, let past the
+    availability check): it warns and builds a CPU session. ``create_session`` refuses that session."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    import onnxruntime
+
+    if "OpenVINOExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has OpenVINO: it would not fall back")
+    monkeypatch.setattr(sessions, "require_provider", lambda ep: None)
+    with pytest.raises(OrtTurboError, match="fell back to CPUExecutionProvider instead of OpenVINOExecutionProvider"):
+        create_session(tmp_path / "m.onnx", plan_session("openvino", intra_op_threads=1, openvino_precision="fp32"))
 
 
 def test_binding_plan_is_zero_copy():

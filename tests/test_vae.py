@@ -102,10 +102,12 @@ def test_the_vae_is_put_back_where_it_was_after_export(tmp_path):
 
 def test_vae_recipes_are_data_per_provider_and_precision():
     assert set(VAE_RECIPES) == {("cuda", "fp16"), ("cuda", "fp32"), ("dml", "fp16"), ("dml", "fp32"),
-                                ("cpu", "fp32"), ("tensorrt", "fp32")}
+                                ("cpu", "fp32"), ("tensorrt", "fp32"), ("openvino", "fp32")}
     assert vae_precision("cuda", True) == "fp16" and vae_precision("cuda", False) == "fp32"
     assert vae_precision("dml", True) == "fp16" and vae_precision("cpu", True) == "fp32"
     assert vae_precision("tensorrt", True) == "fp32"
+    assert vae_precision("openvino", True) == "fp32"  # an fp32 graph; OpenVINO chooses bf16 itself at load time
+    assert set(get_vae_recipe("openvino", "fp32")["passes"]) == {"clean"}  # no ORT fusion: OpenVINO compiles it
     cuda16 = get_vae_recipe("cuda", "fp16")["passes"]["optimize"]
     assert cuda16["model_type"] == "vae" and cuda16["float16"] is True and cuda16["keep_io_types"] is False
     assert get_vae_recipe("cpu", "fp32")["passes"]["optimize"]["optimization_options"]["enable_group_norm"] is False

@@ -116,8 +116,9 @@ class Job:
         self.ort_calls = 0
         self.fallback_calls = 0
         self.reasons: list[str] = []
-        #: the artefacts that served this job, in order (a refiner switch brings its checkpoint's own)
-        self.artefacts: list = []
+        #: the artefacts that served this job, in order (a refiner switch brings its checkpoint's own), each as
+        #: (id, what it ran on: ``OrtRunner.runs_on``)
+        self.artefacts: list[tuple[str, str]] = []
         #: between ``start_job`` and its end: a checkpoint loaded now is loaded mid-job (the refiner)
         self.running = False
         #: the loaded checkpoint's title and whether an ORT Turbo UNet served it, when the batch started
@@ -132,10 +133,11 @@ class Job:
         self.vae_unavailable: str | None = None
         self.vae_failed = False  # ``vae_unavailable`` is an error, not just "no export"
 
-    def ran_on_ort(self, artefact) -> None:
+    def ran_on_ort(self, runner) -> None:
+        """``runner`` (an ``OrtUnet``) served one UNet call."""
         self.ort_calls += 1
-        if all(a.id != artefact.id for a in self.artefacts):
-            self.artefacts.append(artefact)
+        if all(served != runner.id for served, _ in self.artefacts):
+            self.artefacts.append((runner.id, runner.runs_on))
 
     def fell_back(self, reason: str) -> None:
         self.fallback_calls += 1
@@ -148,7 +150,7 @@ class Job:
             prefix = "PyTorch fallback" if not self.ort_calls else "partly PyTorch"
             return f"{prefix}: {'; '.join(self.reasons)}"
         if self.ort_calls:
-            return " + ".join(f"{a.id} ({providers.label(a.ep)})" for a in self.artefacts)
+            return " + ".join(f"{served} ({runs_on})" for served, runs_on in self.artefacts)
         return None
 
     def restore(self) -> None:

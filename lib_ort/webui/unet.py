@@ -110,7 +110,8 @@ class OrtTurboUnet(sd_unet.SdUnet):
             info = shared.sd_model.sd_checkpoint_info
             ep = service.provider()
             graphs = bool(getattr(shared.opts, settings.CUDA_GRAPHS, False))
-            key = (info.filename, getattr(info, "sha256", None), ep, graphs, service.registry_generation())
+            openvino = settings.openvino_precision(shared.opts) if ep == "openvino" else None
+            key = (info.filename, getattr(info, "sha256", None), ep, graphs, openvino, service.registry_generation())
         except Exception as exc:
             self.key, self.ort, self.artefact, self.retry = None, None, None, True
             self.unavailable = f"ORT Turbo cannot read the loaded checkpoint or its settings ({type(exc).__name__}: {exc})"
@@ -124,7 +125,7 @@ class OrtTurboUnet(sd_unet.SdUnet):
             if artefact is None:
                 reason = f"no {providers.label(ep)} artefact for {info.title}; export it in the ORT Turbo tab"
             else:
-                ort = OrtUnet(artefact, cuda_graph=graphs and ep == "cuda")
+                ort = OrtUnet(artefact, cuda_graph=graphs and ep == "cuda", openvino_precision=openvino or "auto")
         except (ArtefactError, RuntimeUnavailable) as exc:
             reason = str(exc)
         except OrtTurboError as exc:  # the session itself: retried when the key changes, not at every job
@@ -159,7 +160,7 @@ class OrtTurboUnet(sd_unet.SdUnet):
         if reason is None:
             try:
                 out = self.ort(x, timesteps, context, y=kwargs.get("y"), control=kwargs.get("control"))
-                job.ran_on_ort(self.artefact)
+                job.ran_on_ort(self.ort)
                 return out
             except UnsupportedInput as exc:
                 reason = exc.reason

@@ -138,12 +138,13 @@ def _ours_selected() -> bool:
 
 
 def _runner(artefact) -> OrtVae:
-    key = (str(artefact.folder), artefact.manifest.get("created"))
+    openvino = settings.openvino_precision(shared.opts) if artefact.ep == "openvino" else "auto"
+    key = (str(artefact.folder), artefact.manifest.get("created"), openvino)
     with _lock:
         if key not in _runners:
             if len(_runners) >= 4:
                 _runners.pop(next(iter(_runners)))
-            _runners[key] = OrtVae(artefact)
+            _runners[key] = OrtVae(artefact, openvino_precision=openvino)
         return _runners[key]
 
 
@@ -272,7 +273,7 @@ class VaeRoute:
             return None
         if not self.ort_calls:
             return "PyTorch (fallback)"
-        ran = f"{self.fast.id} ({providers.label(self.fast.ep)})"
+        ran = f"{self.fast.id} ({self.fast.runs_on})"
         return f"{ran} and PyTorch" if self.torch_calls and self.notes else ran
 
 

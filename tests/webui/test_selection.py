@@ -17,16 +17,87 @@ def test_extension_registers_its_unet_settings_tab_and_routes(extension):
         assert info.section == ("ort_turbo", "ORT Turbo") and info.category_id == "sd"
     assert shared.opts.ort_turbo_cfg_free is True and shared.opts.ort_turbo_cuda_graphs is False
     assert shared.options_templates[settings.PROVIDER].component_args["choices"] == [
-        "Automatic", "CUDA", "TensorRT", "DirectML", "CPU"]
+        "Automatic", "CUDA", "TensorRT", "DirectML", "OpenVINO (CPU)", "CPU"]
+    precision = shared.options_templates[settings.OPENVINO_PRECISION]
+    assert precision.section == ("ort_turbo", "ORT Turbo") and precision.component_args["choices"] == [
+        "Automatic", "bf16", "fp32"]
+    assert shared.opts.ort_turbo_openvino_precision == "Automatic"
     assert "Unavailable here" in shared.options_templates[settings.PROVIDER].comment_after  # CPU-only runtime
 
 
+BF16_CPU = frozenset({"avx512f", "avx512_bf16", "amx_bf16"})
+AVX512_CPU = frozenset({"avx2", "avx512f", "avx512_vnni"})
+
+
 def test_provider_resolution():
-    status = {"CUDA": "not here", "TensorRT": "not here", "DirectML": "not here", "CPU": None}
-    assert settings.resolve_provider("Automatic", status) == "cpu"
-    assert settings.resolve_provider("Automatic", dict(status, CUDA=None)) == "cuda"
-    assert settings.resolve_provider("Automatic", dict(status, TensorRT=None)) == "cpu"  # TensorRT only when chosen
-    assert settings.resolve_provider("TensorRT", status) == "tensorrt"
+    status = {"CUDA": "not here", "TensorRT": "not here", "DirectML": "not here", "OpenVINO (CPU)": "not here",
+              "CPU": None}
+    for flags in (BF16_CPU, AVX512_CPU):
+        assert settings.resolve_provider("Automatic", status, flags) == "cpu"
+        assert settings.resolve_provider("Automatic", dict(status, CUDA=None), flags) == "cuda"
+        assert settings.resolve_provider("Automatic", dict(status, TensorRT=None), flags) == "cpu"  # only when chosen
+        assert settings.resolve_provider("TensorRT", status, flags) == "tensorrt"
+        assert settings.resolve_provider("OpenVINO (CPU)", status, flags) == "openvino"
+
+
+def test_automatic_takes_openvino_only_where_it_runs_in_bf16_and_after_the_gpus():
+    openvino = {"CUDA": "not here", "TensorRT": "not here", "DirectML": "not here", "OpenVINO (CPU)": None, "CPU": None}
+    assert settings.resolve_provider("Automatic", openvino, BF16_CPU) == "openvino"
+    assert settings.resolve_provider("Automatic", openvino, AVX512_CPU) == "cpu"  # fp32 OpenVINO is not faster
+    assert settings.resolve_provider("Automatic", openvino, frozenset()) == "cpu"  # flags unknown
+    assert settings.resolve_provider("Automatic", dict(openvino, CUDA=None), BF16_CPU) == "cuda"
+    assert settings.resolve_provider("Automatic", dict(openvino, DirectML=None), BF16_CPU) == "dml"
+
+
+def test_openvino_not_installed_says_which_package_and_where_to_read(monkeypatch):
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    settings._status_of_this_install.cache_clear()
+    try:
+        why = settings.provider_status()["OpenVINO (CPU)"]
+    finally:
+        settings._status_of_this_install.cache_clear()
+    assert "needs onnxruntime-openvino" in why and "README" in why
+
+
+def test_openvino_precision_setting_reaches_the_session_and_a_change_binds_again(fresh_webui, exported, monkeypatch):
+    """This onnxruntime has no OpenVINO: a recorder stands for OrtUnet, the WebUI's side is real."""
+    from lib_ort.webui import service
+    from lib_ort.webui import unet as webui_unet
+
+    made = []
+
+    class Recorder:
+        def __init__(self, artefact, **options):
+            made.append(options)
+            self.artefact = artefact
+
+    artefact = service.registry().load(exported["id"])
+    monkeypatch.setattr(webui_unet, "OrtUnet", Recorder)
+    monkeypatch.setattr(service, "find_artefact", lambda info, ep: artefact if ep == "openvino" else None)
+    shared.opts.data.update({settings.PROVIDER: "OpenVINO (CPU)", settings.OPENVINO_PRECISION: "bf16"})
+    unet = webui_unet.OrtTurboUnet()
+    assert unet.bind() is None and unet.bind() is None
+    assert made == [{"cuda_graph": False, "openvino_precision": "bf16"}]
+    shared.opts.data[settings.OPENVINO_PRECISION] = "fp32"
+    assert unet.bind() is None and made[-1]["openvino_precision"] == "fp32"
+    del shared.opts.data[settings.OPENVINO_PRECISION]  # the default: Automatic
+    assert unet.bind() is None and made[-1]["openvino_precision"] == "auto" and len(made) == 3
+
+
+def test_the_infotext_names_the_precision_openvino_ran_in():
+    from lib_ort.webui.job import Job
+
+    class Served:
+        def __init__(self, id, runs_on):
+            self.id, self.runs_on = id, runs_on
+
+    job = Job()
+    job.ran_on_ort(Served("abc-openvino", "OpenVINO (CPU), bf16"))
+    job.ran_on_ort(Served("abc-openvino", "OpenVINO (CPU), bf16"))
+    job.ran_on_ort(Served("def-cpu", "CPU"))
+    assert job.ort_calls == 3 and job.infotext() == "abc-openvino (OpenVINO (CPU), bf16) + def-cpu (CPU)"
 
 
 def test_ort_turbo_label_and_automatic_in_a_sub_folder(fresh_webui, exported, sd2_model):

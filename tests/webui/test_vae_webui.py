@@ -354,3 +354,20 @@ def test_an_onnx_runtime_error_while_decoding_is_a_pytorch_decode_with_the_reaso
     assert parse_generation_parameters(processed.infotexts[0])["ORT Turbo VAE"] == "PyTorch (fallback)"
     assert any(reason in c for c in p.comments), p.comments
     assert no_patch_left(vae_model)
+
+
+def test_an_openvino_vae_runs_in_the_set_precision_and_a_change_loads_it_again(fresh_webui, monkeypatch):
+    """This onnxruntime has no OpenVINO: a recorder stands for OrtVae; the runner cache and the setting are real."""
+    from types import SimpleNamespace
+
+    made = []
+    monkeypatch.setattr(ort_vae, "OrtVae", lambda artefact, **options: made.append(options) or SimpleNamespace())
+    monkeypatch.setattr(ort_vae, "_runners", {})
+    artefact = SimpleNamespace(folder="/artefacts/vae-openvino", manifest={"created": "t0"}, ep="openvino")
+    shared.opts.data[settings.OPENVINO_PRECISION] = "bf16"
+    first = ort_vae._runner(artefact)
+    assert ort_vae._runner(artefact) is first and made == [{"openvino_precision": "bf16"}]
+    shared.opts.data[settings.OPENVINO_PRECISION] = "fp32"
+    assert ort_vae._runner(artefact) is not first and made[-1] == {"openvino_precision": "fp32"}
+    ort_vae._runner(SimpleNamespace(folder="/artefacts/vae-cpu", manifest={"created": "t0"}, ep="cpu"))
+    assert made[-1] == {"openvino_precision": "auto"}  # the setting is OpenVINO's alone
