@@ -49,6 +49,8 @@ def run(job: dict) -> dict:
     from lib_ort.sessions import SessionPlan, create_session
 
     plan = SessionPlan(**job["plan"])
+    # JSON made the (name, options) pairs lists; ORT takes only tuples (else it falls back to the CPU provider)
+    plan.providers = [p if isinstance(p, str) else tuple(p) for p in plan.providers]
     start = time.perf_counter()
     session = create_session(job["model"], plan)
     load_s = time.perf_counter() - start
