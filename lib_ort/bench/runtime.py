@@ -35,9 +35,18 @@ CHILD_METHOD = ("timed in its own process (the runtime interpreter's onnxruntime
 
 
 def native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU computes bf16 natively (one of ``NATIVE_BF16_FLAGS``); False where it cannot be told
-    (no /proc/cpuinfo)."""
+    """Whether this CPU (or the ``/proc/cpuinfo`` text ``cpuinfo``) computes bf16 natively (one of
+    ``NATIVE_BF16_FLAGS``); False where it cannot be told.
+
+    MERGE NOTE: ``lib_ort.cpu_features`` (written in parallel, for the WebUI's "auto") answers this for the
+    engine; it is used when present, and this module's own reading can go once it is merged."""
     if cpuinfo is None:
+        try:
+            from ..cpu_features import has_native_bf16, this_cpu_flags
+        except ImportError:
+            pass
+        else:
+            return has_native_bf16(this_cpu_flags())
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
         except OSError:
