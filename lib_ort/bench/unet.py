@@ -189,6 +189,9 @@ def _time_openvino(result: dict, memory, openvino: dict, inputs: dict, ref: torc
             for n, p in result["pytorch"].items()]
     rows.append({"config": "ORT cpu recipe", "median_ms": result["ort_ms"], "spread_ms": result["ort_spread_ms"],
                  "speedup": result["speedup"], "error": f"rel_err {result['rel_err']:.1e}"})
+    if "ort_unfused_ms" in result:
+        rows.append({"config": "ORT unfused", "median_ms": result["ort_unfused_ms"], "error": "–",
+                     "spread_ms": result["ort_unfused_spread_ms"], "speedup": result["torch_ms"] / result["ort_unfused_ms"]})
     rows += [{"config": n, **e, "error": f"rel_err {e['rel_err']:.1e}"} for n, e in entries.items()]
     result["table"] = side_by_side_table(rows, result["baseline"], "vs PyTorch eager")
 
