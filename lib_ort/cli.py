@@ -120,6 +120,8 @@ def cmd_bench(args) -> dict:
 
     if args.matrix and args.profile:
         raise ValueError("--matrix and --profile are separate runs; pick one")
+    if args.ep == "openvino" and (args.matrix or args.profile):
+        raise ValueError("--ep openvino times one call (bench without --matrix/--profile)")
     if args.profile:
         from .bench.profile import run_profile
 
@@ -137,17 +139,29 @@ def cmd_bench(args) -> dict:
             print(result["files"]["table"], file=sys.stderr)
         return result
 
-    return run_bench(args.arch, args.ep, batch=args.batch, height=args.height, width=args.width, seq=args.seq,
-                     runs=args.runs, warmup=args.warmup, root=args.root, unfused=args.unfused, seed=args.seed,
-                     interleave=args.interleave, toolchain=_toolchain(args), progress=_console_progress)
+    result = run_bench(args.arch, args.ep, batch=args.batch, height=args.height, width=args.width, seq=args.seq,
+                       runs=args.runs, warmup=args.warmup, root=args.root, unfused=args.unfused, seed=args.seed,
+                       interleave=args.interleave, toolchain=_toolchain(args), runtime_python_path=args.runtime_python,
+                       openvino_precision=args.openvino_precision, progress=_console_progress)
+    _print_table(result)
+    return result
+
+
+def _print_table(result: dict) -> None:
+    """The side-by-side table of a run with a provider timed in its own process (--ep openvino)."""
+    if "table" in result:
+        print(f"{result['table']}\n\n{result['openvino_method']}", file=sys.stderr)
 
 
 def cmd_bench_vae(args) -> dict:
     from .bench.vae import run_vae_bench
 
-    return run_vae_bench(args.vae, args.ep, batch=args.batch, height=args.height, width=args.width, runs=args.runs,
-                         warmup=args.warmup, root=args.root, seed=args.seed, toolchain=_toolchain(args),
-                         profile=args.profile, encode=args.encode, progress=_console_progress)
+    result = run_vae_bench(args.vae, args.ep, batch=args.batch, height=args.height, width=args.width, runs=args.runs,
+                           warmup=args.warmup, root=args.root, seed=args.seed, toolchain=_toolchain(args),
+                           profile=args.profile, encode=args.encode, runtime_python_path=args.runtime_python,
+                           openvino_precision=args.openvino_precision, progress=_console_progress)
+    _print_table(result)
+    return result
 
 
 def cmd_webui_bench(args) -> dict:
@@ -170,6 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--root", type=Path, default=None,
                         help=f"the registry: artefacts and the raw exports they are made from (default: ${DEFAULT_ROOT_ENV} or ./artefacts)")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def runtime_args(p):
+        from .bench.runtime import OPENVINO_PRECISIONS, RUNTIME_PYTHON_ENV
+
+        p.add_argument("--runtime-python", default=None,
+                       help="with --ep openvino: an interpreter with onnxruntime-openvino and numpy (its own venv: it "
+                            f"cannot sit beside this onnxruntime), which times OpenVINO in a child process "
+                            f"(default: ${RUNTIME_PYTHON_ENV})")
+        p.add_argument("--openvino-precision", choices=OPENVINO_PRECISIONS, default=None,
+                       help="with --ep openvino: OpenVINO's inference precision (auto: bf16 where the CPU has native "
+                            "bf16, AMX or AVX512_BF16); default both where the CPU has native bf16, else fp32")
 
     def model_args(p, required=True):
         src = p.add_mutually_exclusive_group(required=required)
@@ -222,10 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where one call's time goes: per-category time and GFLOP/s for the PyTorch paths, unfused and recipe, "
                         "against this machine's sgemm rate (JSON + markdown in --out)")
     p.add_argument("--out", type=Path, default=Path("bench-out"), help="with --matrix/--profile: report folder")
+    runtime_args(p)
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("bench-vae", help="time one VAE decode: PyTorch (eager = InvokeAI, SDPA), raw ONNX export, provider recipe")
     p.add_argument("--vae", choices=list(VAES), default="sd-ldm", help="built-in VAE, random weights")
-    p.add_argument("--ep", choices=["cpu"], default="cpu")
+    p.add_argument("--ep", choices=["cpu", "openvino"], default="cpu",
+                   help="cpu; openvino: the CPU recipe, then OpenVINO's timed in --runtime-python's process")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--height", type=int, default=512, help="image height in px")
     p.add_argument("--width", type=int, default=512)
@@ -237,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="store_true",
                    help="also profile the recipe's decoder: GFLOP, time per category, floor at the sgemm rate")
     p.add_argument("--encode", action="store_true", help="also time the encoder (img2img, hires fix)")
+    runtime_args(p)
     p.set_defaults(func=cmd_bench_vae)
     p = sub.add_parser("webui-bench", help="time txt2img on a running WebUI (--api): stock, CFG-free, ORT Turbo")
     p.add_argument("--url", default="http://127.0.0.1:7860")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -23,6 +24,8 @@ from ..registry import Registry
 from .architectures import ARCHITECTURES, build_unet, example_inputs
 from .baselines import baselines_for, fastest_baseline, run_as
 from .memory import TreeMemory
+from .runtime import (CHILD_METHOD, check_runtime, child_entry, openvino_plan, openvino_precisions,
+                      runtime_python, side_by_side_table, time_in_runtime)
 from .timing import peak_rss_mb, rel_err, time_calls, time_interleaved
 
 #: ops that show a recipe worked (the rest of the graph's op counts are left out of the report)
@@ -32,17 +35,29 @@ FUSED_OPS = ("MultiHeadAttention", "Attention", "GroupNorm", "SkipGroupNorm", "N
 
 def run_bench(arch: str, ep: str = "cpu", *, batch: int = 1, height: int | None = None, width: int | None = None,
               seq: int = 77, runs: int = 5, warmup: int = 1, root=None, unfused: bool = False, seed: int = 0,
-              interleave: bool = False, toolchain: Toolchain = Toolchain(), progress=None) -> dict:
+              interleave: bool = False, toolchain: Toolchain = Toolchain(), runtime_python_path: str | None = None,
+              openvino_precision: str | None = None, progress=None) -> dict:
     """One UNet call, the WebUI's PyTorch paths against ORT. By default in the order that holds the least
     memory at once: the PyTorch paths are timed (interleaved among themselves) and the model traced, then
     dropped before the optimization child starts and the ORT session loads. ``interleave`` keeps the model
     and times every path and ORT interleaved (fairer against a drifting machine, but the model and the
     session are held together). ``peak_rss_mb`` is the peak of the whole process tree (this process and
-    the child together), sampled; ``memory`` has it per phase and per process."""
+    the child together), sampled; ``memory`` has it per phase and per process.
+
+    ``ep="openvino"`` times the CPU recipe as above, then the OpenVINO artefact in each precision of
+    ``openvino_precision`` (``runtime.openvino_precisions``) in a child of ``runtime_python_path`` (the
+    interpreter with onnxruntime-openvino, checked before anything else), after the rest: ``openvino``
+    has each precision's timing, error, session load, first call and the child's peak memory, ``table``
+    all configurations side by side."""
+    openvino = None
+    if ep == "openvino":
+        python = runtime_python(runtime_python_path)
+        openvino = {"python": python, "precisions": openvino_precisions(openvino_precision),
+                    "runtime": check_runtime(python, ep)}
     with TreeMemory() as memory:
         result = _run_bench(memory, arch, ep, batch=batch, height=height, width=width, seq=seq, runs=runs,
                             warmup=warmup, root=root, unfused=unfused, seed=seed, interleave=interleave,
-                            toolchain=toolchain, progress=progress)
+                            toolchain=toolchain, openvino=openvino, progress=progress)
     result["memory"] = memory.report()
     result["peak_rss_mb"] = result["memory"]["peak_rss_mb"]
     result["optimize_peak_rss_mb"] = next((p["hwm_mb"] for p in result["memory"].get("processes", ())
@@ -51,7 +66,7 @@ def run_bench(arch: str, ep: str = "cpu", *, batch: int = 1, height: int | None 
 
 
 def _run_bench(memory, arch, ep, *, batch, height, width, seq, runs, warmup, root, unfused, seed, interleave,
-               toolchain, progress) -> dict:
+               toolchain, openvino, progress) -> dict:
     from ..unet import OrtUnet
 
     spec = ARCHITECTURES[arch]
@@ -65,6 +80,8 @@ def _run_bench(memory, arch, ep, *, batch, height, width, seq, runs, warmup, roo
     inputs = example_inputs(model, batch, latent_h, latent_w, seq, seed=seed)
     args = (inputs["x"], inputs["timesteps"], inputs["context"])
     kwargs = {"y": inputs["y"]} if "y" in inputs else {}
+    requested = ep
+    ep = "cpu" if openvino is not None else ep  # OpenVINO: the CPU recipe in this process, then OpenVINO's
     label = f"ORT {ep} recipe"
 
     memory.phase("torch")
@@ -74,7 +91,7 @@ def _run_bench(memory, arch, ep, *, batch, height, width, seq, runs, warmup, roo
                  for name, forwards in baselines_for(model).items()}
         errors = {name: rel_err(call(), ref) for name, call in calls.items()}
         timings = {} if interleave else time_interleaved(calls, runs, warmup)
-    if export_needed(registry, checkpoint, ep):
+    if any(export_needed(registry, checkpoint, e) for e in {ep, requested}):
         memory.phase("export")
         ensure_export(model, registry, checkpoint, progress=progress)
     if not interleave:
@@ -82,6 +99,8 @@ def _run_bench(memory, arch, ep, *, batch, height, width, seq, runs, warmup, roo
         release_memory()
     memory.phase("optimize")
     prepared = prepare(None, registry, checkpoint, ep, toolchain=toolchain, progress=progress)
+    if openvino is not None:
+        openvino["prepared"] = prepare(None, registry, checkpoint, requested, toolchain=toolchain, progress=progress)
 
     memory.phase("ort")
     ort_unet = OrtUnet(prepared.artefact)
@@ -116,6 +135,8 @@ def _run_bench(memory, arch, ep, *, batch, height, width, seq, runs, warmup, roo
         "runs": runs, "warmup": warmup, "threads": torch.get_num_threads(),
     }
     del ort_unet
+    if interleave:
+        del model, calls
     release_memory()
     if unfused and prepared.export_folder is not None:
         from ..sessions import create_session, plan_session
@@ -130,7 +151,49 @@ def _run_bench(memory, arch, ep, *, batch, height, width, seq, runs, warmup, roo
         result["unfused_ops"] = {k: v for k, v in op_counts(prepared.export_folder / "model.onnx").items()
                                  if k in FUSED_OPS}
         del session
+    if openvino is not None:
+        result["ep"] = requested
+        _time_openvino(result, memory, openvino, inputs, ref, runs=runs, warmup=warmup, progress=progress)
     return result
+
+
+def _time_openvino(result: dict, memory, openvino: dict, inputs: dict, ref: torch.Tensor, *, runs: int, warmup: int,
+                   progress) -> None:
+    """The OpenVINO artefact in each asked precision, in the runtime interpreter's child, against PyTorch
+    eager (``ref``) and the faster WebUI path; adds ``openvino`` and the side-by-side ``table``."""
+    from ..unet import OrtUnet, input_dtypes
+
+    report = progress or (lambda fraction, message: None)
+    artefact = openvino["prepared"].artefact
+    m = artefact.manifest
+    # the graph's inputs as OrtUnet feeds them (its own method, on the manifest's names and dtypes)
+    shape = SimpleNamespace(device="cpu", input_names=m["input_names"], input_dtypes=input_dtypes(m))
+    feeds = {n: t.numpy() for n, t in OrtUnet.feeds(shape, inputs["x"], inputs["timesteps"], inputs["context"],
+                                                     inputs.get("y")).items()}
+    entries = {}
+    for precision in openvino["precisions"]:
+        name = f"ORT OpenVINO {precision}"
+        memory.phase(f"openvino-{precision}")
+        report(0.95, f"{name}, timed in its own process")
+        timing, outputs = time_in_runtime(openvino["python"], artefact.model_path,
+                                          openvino_plan(precision, result["threads"]), feeds, runs=runs,
+                                          warmup=warmup, label=f"the {name} run")
+        entry = child_entry(timing, precision)
+        entry["rel_err"] = rel_err(torch.from_numpy(outputs[0]), ref)
+        entry["speedup"] = round(result["torch_ms"] / entry["median_ms"], 3)
+        entry["speedup_over_cpu_recipe"] = round(result["ort_ms"] / entry["median_ms"], 3)
+        entries[name] = entry
+    result.update(openvino=entries, openvino_artefact=artefact.id, openvino_method=CHILD_METHOD,
+                  runtime={"python": openvino["python"], **openvino["runtime"]})
+    rows = [{"config": n, **p, "speedup": result["torch_ms"] / p["median_ms"], "error": f"rel_err {p['rel_err']:.1e}"}
+            for n, p in result["pytorch"].items()]
+    rows.append({"config": "ORT cpu recipe", "median_ms": result["ort_ms"], "spread_ms": result["ort_spread_ms"],
+                 "speedup": result["speedup"], "error": f"rel_err {result['rel_err']:.1e}"})
+    if "ort_unfused_ms" in result:
+        rows.append({"config": "ORT unfused", "median_ms": result["ort_unfused_ms"], "error": "–",
+                     "spread_ms": result["ort_unfused_spread_ms"], "speedup": result["torch_ms"] / result["ort_unfused_ms"]})
+    rows += [{"config": n, **e, "error": f"rel_err {e['rel_err']:.1e}"} for n, e in entries.items()]
+    result["table"] = side_by_side_table(rows, result["baseline"], "vs PyTorch eager")
 
 
 # -- the blog's (batch, steps) matrix ------------------------------------------------------------------
