@@ -27,35 +27,17 @@ from ..providers import provider
 RUNTIME_PYTHON_ENV = "ORT_TURBO_OPENVINO_PYTHON"
 #: what --openvino-precision takes: auto = bf16 where the CPU has native bf16, else fp32
 OPENVINO_PRECISIONS = ("auto", "bf16", "fp32", "both")
-#: /proc/cpuinfo flags of a CPU that computes bf16 natively (AMX, AVX512_BF16): where OpenVINO's bf16 wins
-NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 #: how the in-process and the child's timings relate, for the output
 CHILD_METHOD = ("timed in its own process (the runtime interpreter's onnxruntime), as a block after the PyTorch "
                 "and CPU-provider timings, not interleaved with them")
 
 
 def native_bf16(cpuinfo: str | None = None) -> bool:
-    """Whether this CPU (or the ``/proc/cpuinfo`` text ``cpuinfo``) computes bf16 natively (one of
-    ``NATIVE_BF16_FLAGS``); False where it cannot be told.
+    """Whether this CPU (or the ``/proc/cpuinfo`` text ``cpuinfo``) computes bf16 natively; False where it
+    cannot be told (``lib_ort.cpu_features``, what the WebUI's "auto" reads too)."""
+    from ..cpu_features import has_native_bf16, parse_cpuinfo, this_cpu_flags
 
-    MERGE NOTE: ``lib_ort.cpu_features`` (written in parallel, for the WebUI's "auto") answers this for the
-    engine; it is used when present, and this module's own reading can go once it is merged."""
-    if cpuinfo is None:
-        try:
-            from ..cpu_features import has_native_bf16, this_cpu_flags
-        except ImportError:
-            pass
-        else:
-            return has_native_bf16(this_cpu_flags())
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    flags = set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-    return any(f in flags for f in NATIVE_BF16_FLAGS)
+    return has_native_bf16(this_cpu_flags() if cpuinfo is None else parse_cpuinfo(cpuinfo))
 
 
 def openvino_precisions(asked: str | None, native: bool | None = None) -> list[str]:
@@ -109,30 +91,10 @@ def check_runtime(python: str, ep: str = "openvino") -> dict:
 
 
 def openvino_plan(precision: str, threads: int) -> dict:
-    """The OpenVINO session plan (``SessionPlan.to_dict()``) in ``precision`` (bf16 or fp32).
+    """The OpenVINO session plan in ``precision`` (bf16 or fp32), as data for the child: the WebUI's own."""
+    from ..sessions import plan_session
 
-    MERGE NOTE: a stand-in for ``lib_ort.sessions.plan_session("openvino", intra_op_threads=...,
-    openvino_precision=...)`` (written in parallel): that plan is used when it exists and names OpenVINO
-    first; else the options measured to work on onnxruntime-openvino 1.24.1 are built here (bf16 through
-    OpenVINO's INFERENCE_PRECISION_HINT, as a JSON string: "precision": "BF16" is refused on CPU). Once
-    ``plan_session`` has it, this function can shrink to that call."""
-    from ..sessions import SessionPlan, plan_session
-
-    try:
-        plan = plan_session("openvino", intra_op_threads=threads, openvino_precision=precision)
-    except TypeError:  # a plan_session without OpenVINO
-        plan = None
-    if plan is not None and plan.providers and plan.providers[0][0] == provider("openvino").ort_name:
-        return plan.to_dict()
-    options = {"device_type": "CPU", "num_of_threads": str(threads)}
-    if precision == "bf16":
-        options["load_config"] = json.dumps({"CPU": {"INFERENCE_PRECISION_HINT": "bf16"}})
-    else:
-        options["precision"] = "FP32"
-    session_options = {"graph_optimization_level": "ORT_ENABLE_ALL", "execution_mode": "ORT_SEQUENTIAL",
-                       "intra_op_num_threads": int(threads)}
-    return SessionPlan("openvino", [(provider("openvino").ort_name, options)], session_options, {}, {},
-                       io_binding=False, cuda_graph=False, preload_dlls=False).to_dict()
+    return plan_session("openvino", intra_op_threads=threads, openvino_precision=precision).to_dict()
 
 
 def _tail(path: Path, lines: int = 20) -> str:
