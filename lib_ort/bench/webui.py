@@ -182,7 +182,7 @@ def _time_grid(url, plan, batches, steps, width, height, seed, runs, warmup, tim
                     if sd_unet == "ORT Turbo" and (ran is None or "PyTorch" in ran):
                         row["error"] = "PyTorch ran: " + (ran.split(": ", 1)[-1] if ran else "no ORT Turbo infotext")
                         row["images_per_s"] = None
-                    elif PROVIDER_OPTION in options and f"({options[PROVIDER_OPTION]}" not in ran:
+                    elif PROVIDER_OPTION in options and not _served_by(ran, options[PROVIDER_OPTION]):
                         row["error"] = f"another provider ran: {ran}"
                         row["images_per_s"] = None
                 except RuntimeError as exc:
@@ -190,6 +190,13 @@ def _time_grid(url, plan, batches, steps, width, height, seed, runs, warmup, tim
                 rows.append(row)
                 done += 1
     return rows
+
+
+def _served_by(ran: str, label: str) -> bool:
+    """Whether an ``ORT Turbo`` infotext value ("<artefact> (<provider label>[, <precision>])") names the
+    provider ``label`` ("CPU" is not served by "OpenVINO (CPU), bf16")."""
+    served = ran.strip('"').partition(" (")[2]
+    return served.startswith((label + ")", label + ","))
 
 
 def _ort_turbo_value(infotext: str) -> str | None:

@@ -105,8 +105,8 @@ def test_webui_bench_says_when_no_webui_is_there(tmp_path, capsys):
 
 
 class FakeWebUIWithProviders(FakeWebUI):
-    """The same WebUI with ORT Turbo's provider setting; "OpenVINO (CPU)" is not in its onnxruntime, so ORT
-    Turbo runs on the CPU provider and its infotext says so."""
+    """The same WebUI with ORT Turbo's provider setting, serving the wrong provider for each one asked for
+    (as a WebUI whose setting did not take would): its infotext says which ran."""
 
     requests: list = []
     options = {"sd_unet": "Automatic", "cross_attention_optimization": "Automatic", "ort_turbo_provider": "Automatic"}
@@ -120,8 +120,10 @@ class FakeWebUIWithProviders(FakeWebUI):
             type(self).options.update(body)
             return self._answer(None)
         ours = body["override_settings"]["sd_unet"] == "ORT Turbo"
-        ran = "CPU" if type(self).options["ort_turbo_provider"] in ("CPU", "Automatic") else "CPU, not OpenVINO"
-        text = f"Steps: 1, ORT Turbo: abc-cpu-fp32 ({ran.split(',')[0]})" if ours else "Steps: 1"
+        # asked for the CPU, it runs OpenVINO; asked for OpenVINO, it runs the CPU (neither may count)
+        served = {"CPU": '"abc-openvino-fp32 (OpenVINO (CPU), bf16)"', "Automatic": "abc-cpu-fp32 (CPU)"}
+        ran = served.get(type(self).options["ort_turbo_provider"], "abc-cpu-fp32 (CPU)")
+        text = f"Steps: 1, ORT Turbo: {ran}" if ours else "Steps: 1"
         body["_provider"] = type(self).options["ort_turbo_provider"]
         self._answer({"images": [], "info": json.dumps({"infotexts": [text]})})
 
@@ -140,10 +142,11 @@ def test_webui_bench_times_ort_turbo_once_per_provider_and_catches_the_wrong_one
     rows = {r["config"]: r for r in result["rows"]}
     assert list(rows) == ["WebUI stock (InvokeAI)", "WebUI + CFG-free (InvokeAI)", "ORT Turbo (CPU)",
                           "ORT Turbo (OpenVINO (CPU))"]
-    assert rows["ORT Turbo (CPU)"]["images_per_s"] and "error" not in rows["ORT Turbo (CPU)"]
-    # the WebUI ran its CPU provider although OpenVINO was asked for: not counted as OpenVINO
+    # OpenVINO served the CPU row, the CPU the OpenVINO row: neither counts as what it was asked for
+    assert rows["ORT Turbo (CPU)"]["images_per_s"] is None
+    assert rows["ORT Turbo (CPU)"]["error"] == "another provider ran: abc-openvino-fp32 (OpenVINO (CPU), bf16)"
     assert rows["ORT Turbo (OpenVINO (CPU))"]["images_per_s"] is None
-    assert rows["ORT Turbo (OpenVINO (CPU))"]["error"].startswith("another provider ran: abc-cpu-fp32 (CPU)")
+    assert rows["ORT Turbo (OpenVINO (CPU))"]["error"] == "another provider ran: abc-cpu-fp32 (CPU)"
     txt2img = [body for path, body in FakeWebUIWithProviders.requests if path == "/sdapi/v1/txt2img"]
     # the stock rows run under the user's provider setting, each ORT Turbo row under its own
     assert [b["_provider"] for b in txt2img] == ["Automatic", "Automatic", "CPU", "OpenVINO (CPU)"]
@@ -151,3 +154,12 @@ def test_webui_bench_times_ort_turbo_once_per_provider_and_catches_the_wrong_one
     assert FakeWebUIWithProviders.options == {"sd_unet": "Automatic", "cross_attention_optimization": "Automatic",
                                               "ort_turbo_provider": "Automatic"}
     assert result["meta"]["users_provider"] == "Automatic"
+
+
+def test_an_infotext_names_the_provider_that_served_the_row():
+    from lib_ort.bench.webui import _served_by
+
+    assert _served_by("abc-cpu-fp32 (CPU)", "CPU")
+    assert _served_by('"abc-openvino-fp32 (OpenVINO (CPU), bf16)"', "OpenVINO (CPU)")
+    assert not _served_by('"abc-openvino-fp32 (OpenVINO (CPU), bf16)"', "CPU")
+    assert not _served_by("abc-cpu-fp32 (CPU)", "OpenVINO (CPU)")
