@@ -2,8 +2,8 @@
 # make test:  set up both environments and run the CPU test suite (what CI runs).
 #   .venv        engine + Olive toolchain (requirements-dev.txt)
 #   .venv-webui  a WebUI-v1.10.1-like environment for the adapter and browser tests (requirements-webui.txt)
-#   .venv-openvino  onnxruntime-openvino and numpy, for `make test-openvino` (it replaces onnxruntime, so it
-#                   cannot sit in .venv; not part of `make test`)
+#   .venv-openvino  onnxruntime-openvino and numpy: the engine tests run the OpenVINO provider for real
+#                   through it (it replaces onnxruntime, so it cannot sit in .venv)
 # The browser tests drive headless Chromium (Debian packages chromium, chromium-driver; installed with
 # apt-get when missing, as root or through sudo). Without them the tests fail; they never skip.
 VENV ?= .venv
@@ -47,8 +47,8 @@ setup-openvino: $(OPENVINO_STAMP)
 
 test: test-js test-engine test-webui test-browser
 
-test-engine: setup
-	$(PY) -m pytest -q tests --ignore=tests/webui --ignore=tests/browser
+test-engine: setup setup-openvino
+	ORT_TURBO_OPENVINO_PYTHON=$(abspath $(OPENVINO_PY)) $(PY) -m pytest -q tests --ignore=tests/webui --ignore=tests/browser
 
 # the GPU check's CPU dry run (also part of test-engine): CPU provider, tiny sizes, GPU steps skipped
 test-gpu-dry-run: setup
