@@ -57,15 +57,18 @@ class FakeWebUI(BaseHTTPRequestHandler):
         pass
 
 
-def test_webui_bench_sends_the_blog_settings_and_reports_fallbacks(tmp_path, capsys):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeWebUI)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+def run_against(handler, *args) -> int:
+    """``webui-bench`` with ``args`` against a fake WebUI served by ``handler`` on a free local port."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
-        assert main(["webui-bench", "--url", url, "--runs", "2", "--warmup", "1", "--out", str(tmp_path)]) == 0
+        return main(["webui-bench", "--url", f"http://127.0.0.1:{server.server_address[1]}", *args])
     finally:
         server.shutdown()
+
+
+def test_webui_bench_sends_the_blog_settings_and_reports_fallbacks(tmp_path, capsys):
+    assert run_against(FakeWebUI, "--runs", "2", "--warmup", "1", "--out", str(tmp_path)) == 0
     result = json.loads(capsys.readouterr().out)
     paths = [path for path, _ in FakeWebUI.requests]
     # stock and CFG-free under each of the two attention optimizations, ORT Turbo once; 4 cells each
@@ -129,15 +132,8 @@ class FakeWebUIWithProviders(FakeWebUI):
 
 
 def test_webui_bench_times_ort_turbo_once_per_provider_and_catches_the_wrong_one(tmp_path, capsys):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeWebUIWithProviders)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}"
-        assert main(["webui-bench", "--url", url, "--runs", "1", "--warmup", "0", "--batches", "1", "--steps", "1",
-                     "--attention", "InvokeAI", "--providers", "CPU", "OpenVINO (CPU)", "--out", str(tmp_path)]) == 0
-    finally:
-        server.shutdown()
+    assert run_against(FakeWebUIWithProviders, "--runs", "1", "--warmup", "0", "--batches", "1", "--steps", "1",
+                       "--attention", "InvokeAI", "--providers", "CPU", "OpenVINO (CPU)", "--out", str(tmp_path)) == 0
     result = json.loads(capsys.readouterr().out)
     rows = {r["config"]: r for r in result["rows"]}
     assert list(rows) == ["WebUI stock (InvokeAI)", "WebUI + CFG-free (InvokeAI)", "ORT Turbo (CPU)",
