@@ -49,6 +49,31 @@ def _unet_case(artefact, folder: Path) -> tuple[dict, np.ndarray]:
     return {"model": str(artefact.model_path), "inputs": str(folder / "unet.npz")}, ref.numpy()
 
 
+#: the UNet weight changed in the "lora" case (as the WebUI's Lora extension changes a weight): the output conv,
+#: its torch name and its initializer's in the export (the clean fp32 graph keeps the export's names)
+CHANGED_WEIGHT, CHANGED_INITIALIZER = "out.2.weight", "unet.out.2.weight"
+
+
+def _lora_case(artefact, folder: Path) -> tuple[dict, np.ndarray]:
+    """The UNet with one weight replaced through ``create_session``'s initializers (how a LoRA reaches an ONNX
+    session, ``OrtUnet.replace_weights``), against PyTorch with the same weight changed."""
+    import copy
+
+    from lib_ort.onnx_weights import Weights
+
+    case, _ = _unet_case(artefact, folder)
+    model = copy.deepcopy(tiny_model("tiny-sd2"))
+    weight = dict(model.named_parameters())[CHANGED_WEIGHT]
+    assert CHANGED_INITIALIZER in Weights(artefact.model_path).names()
+    with torch.no_grad():
+        weight.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(3)) * weight.abs().max())
+        with np.load(case["inputs"]) as data:
+            x, timesteps, context = (torch.from_numpy(data[n]).float() for n in artefact.manifest["input_names"])
+        ref = model(x, timesteps, context)
+    np.savez(folder / "lora.npz", **{CHANGED_INITIALIZER: weight.detach().numpy()})
+    return dict(case, initializers=str(folder / "lora.npz")), ref.numpy()
+
+
 def _vae_case(artefact, model, folder: Path) -> tuple[dict, np.ndarray]:
     part = artefact.manifest["parts"]["decoder"]
     torch.manual_seed(1)
@@ -68,7 +93,8 @@ def ran(artefact_of, tmp_path_factory):
                                {"hash": "c" * 64, "name": "tiny"}, {"hash": "d" * 64, "name": "tiny-diffusers"},
                                "openvino", "fp32")
     cases = {"unet": _unet_case(artefact_of("tiny-sd2", "openvino"), folder),
-             "vae": _vae_case(vae_artefact, vae, folder)}
+             "vae": _vae_case(vae_artefact, vae, folder),
+             "lora": _lora_case(artefact_of("tiny-sd2", "openvino"), folder)}
     runs = [dict(case, precision=p, output=str(folder / f"{name}-{p}.npy"))
             for name, (case, _) in cases.items() for p in PRECISIONS]
     (folder / "job.json").write_text(json.dumps({"runs": runs}))
@@ -83,8 +109,8 @@ def ran(artefact_of, tmp_path_factory):
 
 def test_every_session_ran_on_openvino_in_the_planned_precision_without_torch(ran):
     report, _ = ran
-    assert [r["providers"][0] for r in report["runs"]] == ["OpenVINOExecutionProvider"] * 4
-    assert [r["precision"] for r in report["runs"]] == list(PRECISIONS) * 2
+    assert [r["providers"][0] for r in report["runs"]] == ["OpenVINOExecutionProvider"] * 6
+    assert [r["precision"] for r in report["runs"]] == list(PRECISIONS) * 3
     assert not report["torch_imported"]  # the plan took the thread count; the child has no torch
 
 
@@ -93,14 +119,21 @@ def test_an_option_openvino_refuses_gives_a_refused_session_not_a_cpu_one(ran):
     assert report["refused"] and "fell back to CPUExecutionProvider instead of OpenVINOExecutionProvider" in report["refused"]
 
 
-@pytest.mark.parametrize("name", ["unet", "vae"])
+@pytest.mark.parametrize("name", ["unet", "vae", "lora"])
 def test_fp32_matches_pytorch(ran, name):
     out, ref = ran[1][(name, "fp32")]
     assert out.shape == ref.shape and np.abs(ref).max() > 0.01
     assert rel(out, ref) <= 1e-4, rel(out, ref)
 
 
-@pytest.mark.parametrize("name", ["unet", "vae"])
+def test_a_replaced_weight_reaches_openvino(ran):
+    """A LoRA changes weights through the session's initializers: OpenVINO compiles the graph with them."""
+    changed, _ = ran[1][("lora", "fp32")]
+    unchanged, _ = ran[1][("unet", "fp32")]
+    assert rel(changed, unchanged) > 1e-2
+
+
+@pytest.mark.parametrize("name", ["unet", "vae", "lora"])
 def test_bf16_is_close_to_pytorch_and_really_bf16(ran, name):
     report, results = ran
     if not report["native_bf16"]:

@@ -2,7 +2,8 @@
 
 Used by tests/test_openvino_run.py: the engine's own environment cannot hold onnxruntime-openvino beside its
 onnxruntime, and needs no torch here (``plan_session`` is given the thread count). Reads a job (JSON: runs of
-model, inputs .npz, precision, output .npy), writes each output and prints one JSON line: what each session
+model, inputs .npz, precision, output .npy, and optionally initializers .npz: weights given to the session in
+the file's place, the way a LoRA reaches the ONNX UNet), writes each output and prints one JSON line: what each session
 ran on, and whether this CPU has native bf16.
 
     python tests/tools/openvino_run.py JOB.json
@@ -31,7 +32,11 @@ def main(job_file: str) -> dict:
               "torch_imported": False, "runs": [], "refused": None}
     for run in job["runs"]:
         plan = plan_session("openvino", intra_op_threads=1, openvino_precision=run["precision"])
-        session = create_session(run["model"], plan)
+        initializers = None
+        if run.get("initializers"):
+            with np.load(run["initializers"]) as data:
+                initializers = {name: np.ascontiguousarray(data[name]) for name in data.files}
+        session = create_session(run["model"], plan, initializers)
         with np.load(run["inputs"]) as data:
             feeds = {name: data[name] for name in data.files}
         np.save(run["output"], session.run(None, feeds)[0])
