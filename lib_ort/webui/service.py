@@ -95,6 +95,26 @@ def find_artefact(info, ep: str):
     return None if folder is None else reg.load(folder, record["hash"])
 
 
+def providers_to_try() -> list[str]:
+    """The provider the settings choose, then, under Automatic when that is OpenVINO, the CPU provider: a
+    checkpoint exported for the CPU before onnxruntime-openvino was installed keeps running on ONNX Runtime
+    (fp32, the infotext says "CPU") until it is exported for OpenVINO, instead of falling back to PyTorch."""
+    choice = getattr(shared.opts, settings.PROVIDER, "Automatic")
+    ep = settings.resolve_provider(choice)
+    return [ep, "cpu"] if choice == "Automatic" and ep == "openvino" else [ep]
+
+
+def find_served_artefact(info) -> tuple:
+    """(artefact, provider) for the first of :func:`providers_to_try` that has a valid artefact for this
+    checkpoint; (None, the chosen provider) if none has; ArtefactError if the chosen one's is broken."""
+    eps = providers_to_try()
+    for ep in eps:
+        artefact = find_artefact(info, ep)
+        if artefact is not None:
+            return artefact, ep
+    return None, eps[0]
+
+
 def artefact_rows() -> list[dict]:
     rows = []
     for row in registry().list():

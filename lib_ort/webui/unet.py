@@ -34,7 +34,7 @@ class OrtTurboOption(sd_unet.SdUnetOption):
         if info is None:
             return None
         try:
-            return info.model_name if service.find_artefact(info, service.provider()) is not None else None
+            return info.model_name if service.find_served_artefact(info)[0] is not None else None
         except Exception:  # "Automatic" must never fail the WebUI's selection: no match is the answer
             return None
 
@@ -108,10 +108,11 @@ class OrtTurboUnet(sd_unet.SdUnet):
         """
         try:
             info = shared.sd_model.sd_checkpoint_info
-            ep = service.provider()
+            eps = tuple(service.providers_to_try())  # the chosen provider first
+            ep = eps[0]
             graphs = bool(getattr(shared.opts, settings.CUDA_GRAPHS, False))
             openvino = settings.openvino_precision(shared.opts) if ep == "openvino" else None
-            key = (info.filename, getattr(info, "sha256", None), ep, graphs, openvino, service.registry_generation())
+            key = (info.filename, getattr(info, "sha256", None), eps, graphs, openvino, service.registry_generation())
         except Exception as exc:
             self.key, self.ort, self.artefact, self.retry = None, None, None, True
             self.unavailable = f"ORT Turbo cannot read the loaded checkpoint or its settings ({type(exc).__name__}: {exc})"
@@ -121,11 +122,11 @@ class OrtTurboUnet(sd_unet.SdUnet):
         ort = artefact = reason = None
         retry = True  # what failed is cheap to look at again (files, the registry, an import)
         try:
-            artefact = service.find_artefact(info, ep)
+            artefact, served = service.find_served_artefact(info)
             if artefact is None:
                 reason = f"no {providers.label(ep)} artefact for {info.title}; export it in the ORT Turbo tab"
             else:
-                ort = OrtUnet(artefact, cuda_graph=graphs and ep == "cuda", openvino_precision=openvino or "auto")
+                ort = OrtUnet(artefact, cuda_graph=graphs and served == "cuda", openvino_precision=openvino or "auto")
         except (ArtefactError, RuntimeUnavailable) as exc:
             reason = str(exc)
         except OrtTurboError as exc:  # the session itself: retried when the key changes, not at every job

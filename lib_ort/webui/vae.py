@@ -283,17 +283,20 @@ def current_route() -> VaeRoute | None:
 
 def _find(sd_model) -> tuple[OrtVae | None, OrtVae | None, dict, str | None]:
     """(fast runner, fp32 runner or None, VAE record, why there is none)."""
-    ep = service.provider()
+    eps = service.providers_to_try()  # the chosen provider, then the CPU's artefact under Automatic/OpenVINO
     record = vae_record(sd_model)
     checkpoint = service.checkpoint_record(sd_model.sd_checkpoint_info)
     reg = service.registry()
-    precision = wanted_precision(ep)
-    fp32 = find_vae_artefact(reg, checkpoint["hash"], record["hash"], ep, "fp32")
-    fast = find_vae_artefact(reg, checkpoint["hash"], record["hash"], ep, precision) if precision != "fp32" else fp32
-    if fast is None and fp32 is not None:
-        fast = fp32  # the fp32 export serves an fp16 request: slower, never wrong
+    for ep in eps:
+        precision = wanted_precision(ep)
+        fp32 = find_vae_artefact(reg, checkpoint["hash"], record["hash"], ep, "fp32")
+        fast = find_vae_artefact(reg, checkpoint["hash"], record["hash"], ep, precision) if precision != "fp32" else fp32
+        if fast is None and fp32 is not None:
+            fast = fp32  # the fp32 export serves an fp16 request: slower, never wrong
+        if fast is not None:
+            break
     if fast is None:
-        return None, None, record, (f"no {providers.label(ep)} VAE artefact for {record['name']}; "
+        return None, None, record, (f"no {providers.label(eps[0])} VAE artefact for {record['name']}; "
                                     "export the VAE in the ORT Turbo tab")
     fast_runner = _runner(fast)
     fp32_runner = _runner(fp32) if fp32 is not None and fp32.folder != fast.folder else None

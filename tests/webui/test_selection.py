@@ -86,6 +86,38 @@ def test_openvino_precision_setting_reaches_the_session_and_a_change_binds_again
     assert unet.bind() is None and made[-1]["openvino_precision"] == "auto" and len(made) == 3
 
 
+def test_automatic_keeps_the_cpu_artefact_until_the_checkpoint_is_exported_for_openvino(fresh_webui, exported,
+                                                                                       monkeypatch):
+    """onnxruntime-openvino installed on a bf16 CPU makes Automatic choose OpenVINO; a checkpoint exported for the
+    CPU before keeps running on ONNX Runtime (not PyTorch) until it has an OpenVINO artefact."""
+    from lib_ort import cpu_features
+    from lib_ort.webui import service
+    from lib_ort.webui import unet as webui_unet
+
+    served = []
+
+    class Recorder:
+        def __init__(self, artefact, **options):
+            served.append(artefact.id)
+            self.artefact = artefact
+
+    monkeypatch.setattr(webui_unet, "OrtUnet", Recorder)
+    monkeypatch.setattr(settings, "provider_status", lambda: {"CUDA": "not here", "TensorRT": "not here",
+                                                              "DirectML": "not here", "OpenVINO (CPU)": None,
+                                                              "CPU": None})
+    monkeypatch.setattr(cpu_features, "this_cpu_flags", lambda: BF16_CPU)
+    shared.opts.data.pop(settings.PROVIDER, None)  # Automatic
+    assert service.providers_to_try() == ["openvino", "cpu"]
+    assert exported["ep"] == "cpu" and service.find_artefact(shared.sd_model.sd_checkpoint_info, "openvino") is None
+    unet = webui_unet.OrtTurboUnet()
+    assert unet.bind() is None and served == [exported["id"]]
+    assert OrtTurboOption().model_name is not None  # the SD Unet "Automatic" still picks ORT Turbo
+    # chosen by hand, OpenVINO means OpenVINO: the CPU artefact does not stand in
+    shared.opts.data[settings.PROVIDER] = "OpenVINO (CPU)"
+    assert service.providers_to_try() == ["openvino"]
+    assert "no OpenVINO (CPU) artefact" in unet.bind() and served == [exported["id"]]
+
+
 def test_the_infotext_names_the_precision_openvino_ran_in():
     from lib_ort.webui.job import Job
 
