@@ -15,7 +15,7 @@ shared.options_templates.update(settings.option_templates(shared, gr))
 script_callbacks.on_list_unets(unet.list_unets)
 script_callbacks.on_model_loaded(unet.model_loaded_mid_job)
 script_callbacks.on_ui_tabs(lambda: [(ui.build_tab(), "ORT Turbo", "ort_turbo")])
-script_callbacks.on_app_started(lambda demo, app: add_routes(app))
+script_callbacks.on_app_started(lambda demo, app: add_routes(app, shared.cmd_opts))
 script_callbacks.on_after_component(ui.refresh_when_shown)
 script_callbacks.on_script_unloaded(lifecycle.unload)
 

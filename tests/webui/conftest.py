@@ -174,6 +174,42 @@ def fresh_webui(extension, sd2_model):
     assert not reported, "the WebUI reported an exception from a script hook:\n" + "\n".join(reported)
 
 
+def api_app(**cmd_opts):
+    """The WebUI's FastAPI app after ``app_started``, started with the given command-line flags (``api``,
+    ``nowebui``, ``api_auth``; default ``--api``); the flags are put back afterwards."""
+    from fastapi import FastAPI
+    from modules import script_callbacks
+
+    flags = {"api": True, "nowebui": False, "api_auth": None, **cmd_opts}
+    saved = {key: getattr(shared.cmd_opts, key) for key in flags}
+    vars(shared.cmd_opts).update(flags)
+    try:
+        app = FastAPI()
+        script_callbacks.app_started_callback(None, app)
+        return app
+    finally:
+        vars(shared.cmd_opts).update(saved)
+
+
+@pytest.fixture()
+def no_toolchain(monkeypatch):
+    """Fails the test if an export gets as far as the minutes-long optimization."""
+    from lib_ort.webui import service
+
+    def refuse(progress=None):
+        raise AssertionError("the export went on to the toolchain")
+
+    monkeypatch.setattr(service, "toolchain", refuse)
+
+
+@pytest.fixture()
+def client(fresh_webui, exported):
+    """A client of a WebUI started with ``--api`` (no ``--api-auth``)."""
+    from fastapi.testclient import TestClient
+
+    return TestClient(api_app(), raise_server_exceptions=False)
+
+
 def script_runner(extension, cfg_free=True):
     from modules.scripts import ScriptRunner
 

@@ -1,19 +1,44 @@
 """The headless routes and /sdapi-style generation with override_settings and alwayson_scripts."""
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from conftest import script_runner
-from modules import script_callbacks, shared
+from conftest import api_app, script_runner
+from modules import shared
 from modules.processing import StableDiffusionProcessing, run_job
 
 
-@pytest.fixture()
-def client(fresh_webui, exported):
-    app = FastAPI()
-    script_callbacks.app_started_callback(None, app)
-    return TestClient(app, raise_server_exceptions=False)
+
+ROUTES = [("POST", "/ort-turbo/v1/export"), ("POST", "/ort-turbo/v1/export-vae"), ("GET", "/ort-turbo/v1/artefacts"),
+          ("DELETE", "/ort-turbo/v1/artefacts/{id}")]
+
+
+def test_with_api_auth_every_route_answers_401_without_the_webuis_login(fresh_webui, exported, no_toolchain):
+    """--api --api-auth user1:secret1: as /sdapi does, no login or a wrong one is 401 (asking for Basic), and
+    nothing runs: the export is not started, the artefact is not deleted."""
+    client = TestClient(api_app(api_auth="user1:secret1,user2:pa:ss"), raise_server_exceptions=False)
+    for method, path in ROUTES:
+        url = path.format(id=exported["id"])
+        for auth in (None, ("user1", "wrong"), ("nobody", "secret1"), ("user1", "sécret")):
+            answer = client.request(method, url, json={"provider": "cpu"}, auth=auth)
+            assert answer.status_code == 401, (method, url, auth, answer.text)
+            assert answer.headers["www-authenticate"] == "Basic"
+    assert exported["id"] in [row["id"] for row in client.get("/ort-turbo/v1/artefacts", auth=("user1", "secret1")).json()]
+    # a right login passes (a password may hold ':'); a bad body then gets its own error, not 401
+    assert client.get("/ort-turbo/v1/artefacts", auth=("user2", "pa:ss")).status_code == 200
+    bad = client.post("/ort-turbo/v1/export", json={"provider": "rocm"}, auth=("user1", "secret1"))
+    assert bad.status_code == 400
+
+
+def test_without_api_auth_nothing_extra_and_without_api_no_routes(fresh_webui, exported):
+    open_api = TestClient(api_app(), raise_server_exceptions=False)
+    assert open_api.get("/ort-turbo/v1/artefacts").status_code == 200
+    headless = TestClient(api_app(api=False, nowebui=True), raise_server_exceptions=False)
+    assert headless.get("/ort-turbo/v1/artefacts").status_code == 200
+    # the WebUI without --api serves no API: ORT Turbo's routes are not there either (the tab needs none)
+    ui_only = TestClient(api_app(api=False), raise_server_exceptions=False)
+    for method, path in ROUTES:
+        assert ui_only.request(method, path.format(id=exported["id"])).status_code in (404, 405)
 
 
 def test_list_export_delete_round_trip(client, exported):

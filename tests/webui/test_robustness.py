@@ -18,11 +18,9 @@ import time
 
 import pytest
 import torch
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 
 from conftest import REPO, StubSdModel, script_runner
-from modules import devices, errors, script_callbacks, sd_unet, shared
+from modules import devices, errors, sd_unet, shared
 from modules.infotext_utils import parse_generation_parameters
 from modules.processing import StableDiffusionProcessing, run_job
 
@@ -93,21 +91,6 @@ def registry_valid(*ids) -> None:
     assert all(r.valid for r in rows), [(r.id, r.problem) for r in rows]
     assert set(ids) <= {r.id for r in rows}
 
-
-@pytest.fixture()
-def client(fresh_webui, exported):
-    app = FastAPI()
-    script_callbacks.app_started_callback(None, app)
-    return TestClient(app, raise_server_exceptions=False)
-
-
-@pytest.fixture()
-def no_toolchain(monkeypatch):
-    """Fails the test if an export gets as far as the minutes-long optimization."""
-    def refuse(progress=None):
-        raise AssertionError("the export went on to the toolchain")
-
-    monkeypatch.setattr(service, "toolchain", refuse)
 
 
 def stop_at_toolchain(progress=None):

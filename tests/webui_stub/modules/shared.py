@@ -23,8 +23,8 @@ options_templates = {
     "live_preview_fast_interrupt": OptionInfo(False, "Return image with chosen live preview method on interrupt"),
 }
 opts = Options(options_templates)
-cmd_opts = types.SimpleNamespace(no_half=False, no_half_vae=False, api=False, nowebui=False, medvram=False,
-                                 lowvram=False)
+cmd_opts = types.SimpleNamespace(no_half=False, no_half_vae=False, api=False, nowebui=False, api_auth=None,
+                                 medvram=False, lowvram=False, freeze_settings=False)
 data_path = "."
 models_path = "./models"
 sd_model = None
