@@ -3,10 +3,11 @@
 CFG-free uses the WebUI's own switch (``skip_early_cond = 1.0`` makes the CFG denoiser skip the
 unconditional rows at every step), but never through ``override_settings``: the WebUI restores only
 override keys that were already in ``opts.data``, so on a fresh install the value would stay set and
-every later CFG-7 generation would silently ignore its negative prompt. ``OptionScope`` sets the
-values itself and puts back exactly what was there (including "not set at all"); it is restored at
-``postprocess``, at ``p.close()`` (which the WebUI calls also when a job fails), and, as a last
-resort, at the start of the next job.
+every later CFG-7 generation would silently ignore its negative prompt. Nor through ``opts.data`` at
+all: that dict is config.json, and any save during the job (``POST /sdapi/v1/options``, Apply settings,
+a quicksetting) would write the job's value there for good. ``OptionScope`` shadows the values for
+reading only (see there) and is removed at ``postprocess``, at ``p.close()`` (which the WebUI calls
+also when a job fails), at the start of the next job and when the extension is unloaded.
 """
 
 from __future__ import annotations
@@ -27,27 +28,29 @@ _MISSING = object()
 
 
 class OptionScope:
-    """Set some ``shared.opts`` values for one job and restore them exactly afterwards."""
+    """Shadow some ``shared.opts`` values for one job without touching ``opts.data``.
+
+    The WebUI's ``Options`` answers ``opts.key`` from ``__getattr__``, which Python calls only when the
+    instance has no attribute of that name: an instance attribute therefore wins for every reader
+    (the CFG denoiser, the samplers), while ``opts.data``, what ``opts.save`` writes and ``opts.set``
+    changes, keeps the user's values. Removing the attributes brings the user's values back, whatever
+    was set or saved meanwhile."""
 
     def __init__(self, values: dict):
         self.values = values
-        self.saved: dict | None = None
+        self.applied = False
 
     def apply(self) -> None:
-        opts = shared.opts
-        self.saved = {key: opts.data.get(key, _MISSING) for key in self.values}
-        for key, value in self.values.items():
-            opts.data[key] = value
+        vars(shared.opts).update(self.values)
+        self.applied = True
 
     def restore(self) -> None:
-        if self.saved is None:
+        if not self.applied:
             return
-        for key, value in self.saved.items():
-            if value is _MISSING:
-                shared.opts.data.pop(key, None)
-            else:
-                shared.opts.data[key] = value
-        self.saved = None
+        shadowed = vars(shared.opts)
+        for key in self.values:
+            shadowed.pop(key, None)
+        self.applied = False
 
 
 class VaeScope:

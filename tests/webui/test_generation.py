@@ -1,5 +1,7 @@
 """Generation-shaped runs through the stand-in's process_images and CFG denoiser."""
 
+import json
+
 import pytest
 import torch
 
@@ -73,6 +75,40 @@ def test_settings_are_restored_however_the_job_ends(fresh_webui, exported, exten
     model.rows_per_call.clear()
     run(extension, steps=1, cfg_scale=7.0)
     assert model.rows_per_call == [1 if before else 2]
+
+
+@pytest.mark.parametrize("how", ["api", "apply settings"])
+def test_a_settings_save_during_a_cfg_free_job_writes_the_users_values(fresh_webui, exported, extension, tmp_path,
+                                                                       how):
+    """A save while a 3-batch CFG-free job runs (on a real WebUI v1.10.1 config.json kept
+    ``"skip_early_cond": 1.0``, and every later CFG-7 job after a restart ignored its negative prompt).
+
+    ``POST /sdapi/v1/options`` sets what it is given and saves (modules/api/api.py ``set_config``); Apply
+    settings and a quicksetting set every shown value, the slider's 0 for ``skip_early_cond`` too, and save.
+    Either way config.json gets the user's values, and the running job stays CFG-free."""
+    config = tmp_path / "config.json"
+    shared.opts.data["sd_unet"] = LABEL
+    seen = []
+
+    def save_settings(step):
+        if how == "api":
+            shared.opts.set("sd_unet", LABEL, is_api=True)
+        else:
+            shared.opts.set("skip_early_cond", 0.0)
+        shared.opts.save(config)
+        seen.append(shared.opts.skip_early_cond)
+
+    model = shared.sd_model
+    p = job(extension, batch_size=1, n_iter=3, steps=2, cfg_scale=1.0)
+    p.step_callback = save_settings
+    run_job(p)
+    assert len(seen) == 6 and set(seen) == {1.0} and model.rows_per_call == [1] * 6  # CFG-free all along
+    saved = json.loads(config.read_text())
+    assert saved.get("skip_early_cond", 0.0) == 0.0 and "batch_cond_uncond" not in saved, saved
+    shared.opts.load(config)  # the restart
+    model.rows_per_call.clear()
+    run(extension, steps=1, cfg_scale=7.0)
+    assert model.rows_per_call == [2]  # the negative prompt is used
 
 
 def test_inpaint_model_skips_with_sliced_calls(fresh_webui, extension):

@@ -1,4 +1,6 @@
-"""Stand-in of modules/options.py: OptionInfo, options_section, Options."""
+"""Stand-in of modules/options.py: OptionInfo, options_section, Options (with ``save``/``load``: config.json)."""
+
+import json
 
 
 class OptionInfo:
@@ -81,6 +83,22 @@ class Options:
                 setattr(self, key, oldval)
                 return False
         return True
+
+    def save(self, filename):
+        """As options.py:182-186: ``data`` as it is, whatever a job has put there."""
+        from modules import shared
+
+        assert not shared.cmd_opts.freeze_settings, "saving settings is disabled"
+        with open(filename, "w", encoding="utf8") as file:
+            json.dump(self.data, file, indent=4, ensure_ascii=False)
+
+    def load(self, filename):
+        """As options.py:197-202 (without the migrations): ``data`` becomes the file's content."""
+        try:
+            with open(filename, "r", encoding="utf8") as file:
+                self.data = json.load(file)
+        except FileNotFoundError:
+            self.data = {}
 
     def get_default(self, key):
         info = self.data_labels.get(key)
