@@ -187,7 +187,7 @@ def start_job(p, cfg_free: bool) -> Job:
     # first: the WebUI reports a raising hook and goes on, so whatever is set below must still be undone
     job.unwrap_close = run_on_close(p, job.restore)
     values = {}
-    if cfg_free and bool(getattr(shared.opts, settings.CFG_FREE, True)) and p.cfg_scale <= 1:
+    if cfg_free and bool(getattr(shared.opts, settings.CFG_FREE, True)) and p.cfg_scale == 1:
         values["skip_early_cond"] = 1.0
         if getattr(job.sd_model.model.diffusion_model, "in_channels", 4) == 9:
             values["batch_cond_uncond"] = False  # the WebUI does not trim image_cond when it skips

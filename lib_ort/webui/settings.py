@@ -119,7 +119,7 @@ def option_templates(shared, gr) -> dict:
                                        {"choices": list(OPENVINO_PRECISION_CHOICES)})
         .info("Automatic: bf16 on CPUs with native bf16 (AMX or AVX512_BF16), else fp32; bf16 is several times "
               "faster and its images differ slightly from fp32's"),
-        CFG_FREE: OptionInfo(True, "CFG-free sampling at CFG scale <= 1 (skip the negative prompt's UNet rows)"),
+        CFG_FREE: OptionInfo(True, "CFG-free sampling at CFG scale 1 (skip the negative prompt's UNet rows)"),
         ARTEFACT_DIR: OptionInfo("", "Folder for artefacts", gr.Textbox, {"lines": 1, "max_lines": 1})
         .info("empty: the extension's artefacts folder, or $ORT_TURBO_HOME"),
     })

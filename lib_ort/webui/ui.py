@@ -228,7 +228,7 @@ def build_accordion(is_img2img: bool, preset: TurboPreset):
             steps = gr.Radio([str(s) for s in TURBO_STEPS], value="1", label="Turbo steps", scale=2, min_width=220,
                              elem_id=f"ort_turbo_{prefix}_steps")
             button = gr.Button("Apply Turbo preset", scale=1, min_width=160, elem_id=f"ort_turbo_{prefix}_preset")
-        cfg_free = gr.Checkbox(True, label="CFG-free at CFG scale <= 1", elem_id=f"ort_turbo_{prefix}_cfg_free")
+        cfg_free = gr.Checkbox(True, label="CFG-free at CFG scale 1", elem_id=f"ort_turbo_{prefix}_cfg_free")
         gr.Markdown(f"Turbo preset: {PRESET_SAMPLER}, {PRESET_SCHEDULER}, CFG scale {PRESET_CFG:g}, the chosen "
                     "steps. For img2img and hires fix ORT Turbo also does exactly that many steps.")
     preset.add_button(button, steps)

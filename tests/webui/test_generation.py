@@ -23,7 +23,9 @@ def run(extension, cfg_free=True, **kwargs):
 
 # -- CFG-free -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("cfg_free, cfg_scale, rows", [(True, 1.0, 2), (False, 1.0, 4), (True, 7.0, 4)])
+# below 1 the scale still blends the two predictions (0 is the negative prompt's image): CFG-free would ignore it
+@pytest.mark.parametrize("cfg_free, cfg_scale, rows", [(True, 1.0, 2), (False, 1.0, 4), (True, 7.0, 4), (True, 0.5, 4),
+                                                       (True, 0.0, 4)])
 def test_unet_rows_per_call(fresh_webui, exported, extension, sd2_model, cfg_free, cfg_scale, rows):
     shared.opts.data["sd_unet"] = LABEL
     p, processed = run(extension, cfg_free, batch_size=2, steps=3, cfg_scale=cfg_scale)
