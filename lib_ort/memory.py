@@ -24,11 +24,20 @@ from .errors import DiskFull, NotEnoughMemory
 
 MB = 2**20
 
-#: Peak resident memory of the optimization child per byte of the export (weights file), measured on the
-#: full-size UNets with the weights-on-disk pass (docs/benchmarks.md): SD-Turbo 0.21 (cpu recipe) and
-#: 0.99 (cuda: the channels-last and packed weights the fusions make live in memory, and the fusions'
-#: shape inference copies them), SDXL-Turbo 0.50 (cpu) and 1.31 (cuda). The largest, rounded up.
-OPTIMIZE_FACTOR = 1.35
+#: Peak resident memory of the optimization child per byte of the export (weights file), per recipe, each
+#: the largest measured on the full-size UNets, rounded up (docs/benchmarks.md, "Memory"). One factor for
+#: all would refuse CPU exports that fit (1.35 is the cuda recipe's) or pass OpenVINO ones that do not.
+OPTIMIZE_FACTORS = {
+    "cpu": 0.55,  # ORT's transformers pass, weights on disk: SD-Turbo 0.21, SDXL-Turbo 0.50
+    # the same pass in fp16: the channels-last and packed weights the fusions make live in memory, and the
+    # fusions' shape inference copies them: SD-Turbo 0.99, SDXL-Turbo 1.31
+    "cuda": 1.35,
+    "dml": 1.35,  # not measured: the cuda recipe's pass with other fusion options, so its factor
+    # Olive's OnnxPeepholeOptimizer loads the whole model with its weights and writes a copy: SD-Turbo 2.17
+    # (openvino; tensorrt runs the same pass); SDXL-Turbo not measured (on 24 GB it would need 23 GB)
+    "openvino": 2.2,
+    "tensorrt": 2.2,
+}
 #: fixed part of the child's peak: Python, ONNX Runtime, Olive, sympy
 OPTIMIZE_BASE_MB = 600
 #: the raw export on disk per byte of fp32 weights (the weights once, the graph and its staging copy)
@@ -84,13 +93,16 @@ def release_memory() -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Need:
-    """What optimizing a model of ``weights_mb`` fp32 weights needs."""
+    """What optimizing a model of ``weights_mb`` fp32 weights with ``ep``'s recipe needs (``ep`` None: the
+    most any recipe needs)."""
 
     weights_mb: float
+    ep: str | None = None
 
     @property
     def optimize_mb(self) -> float:
-        return OPTIMIZE_BASE_MB + OPTIMIZE_FACTOR * self.weights_mb
+        factor = OPTIMIZE_FACTORS[self.ep] if self.ep is not None else max(OPTIMIZE_FACTORS.values())
+        return OPTIMIZE_BASE_MB + factor * self.weights_mb
 
     @property
     def export_disk_mb(self) -> float:

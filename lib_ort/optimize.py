@@ -135,7 +135,7 @@ def optimize_export(export_folder: str | os.PathLike, ep: str, registry: Registr
     recipe = recipe or model.recipe(ep, precision)
     slug = "" if model.kind == "unet" else f"{model.kind}-"
     label = providers.label(ep) if model.kind == "unet" else f"{providers.label(ep)} {model.kind.upper()}"
-    need = Need(folder_weights_mb(export_folder))
+    need = Need(folder_weights_mb(export_folder), ep)
     check_memory(need, f"the {model.kind} for {label}")
     check_disk(registry.root, need.artefact_disk_mb, f"the {label} {model.kind} artefact")
     work = registry.new_work_folder(f"optimize-{slug}{ep}")

@@ -43,7 +43,7 @@ def test_tree_peak_counts_the_child_and_the_parent_at_once():
 
 
 def test_memory_check_says_what_is_needed_and_what_is_free(monkeypatch):
-    need = memory.Need(weights_mb=10 * 1024)  # an SDXL UNet's fp32 weights
+    need = memory.Need(weights_mb=10 * 1024, ep="cuda")  # an SDXL UNet's fp32 weights
     monkeypatch.setattr(memory, "mem_available_mb", lambda: 4 * 1024.0)
     with pytest.raises(NotEnoughMemory, match=r"needs about 14\.1 GB .*only 4\.0 GB is available") as caught:
         memory.check_memory(need, "the SDXL UNet")
@@ -55,6 +55,22 @@ def test_memory_check_says_what_is_needed_and_what_is_free(monkeypatch):
     monkeypatch.setattr(memory, "mem_available_mb", lambda: 1.0)
     monkeypatch.setenv(memory.SKIP_MEMORY_CHECK_ENV, "1")
     assert memory.check_memory(need, "the SDXL UNet") is None
+
+
+def test_each_recipe_has_its_own_measured_factor(monkeypatch):
+    """SDXL-Turbo (10.3 GB of fp32 weights) with 12 GB free: the CPU recipe (measured 0.50 of the export)
+    fits and must not be refused; the cuda recipe (1.31) does not; OpenVINO's whole-model pass (2.17) even
+    less. A recipe without a measured factor gets the largest."""
+    from lib_ort import providers
+
+    monkeypatch.setattr(memory, "mem_available_mb", lambda: 12 * 1024.0)
+    sdxl = 10.3 * 1024
+    assert memory.check_memory(memory.Need(sdxl, "cpu"), "the SDXL UNet") == 12 * 1024
+    for ep in ("cuda", "dml", "openvino", "tensorrt"):
+        with pytest.raises(NotEnoughMemory):
+            memory.check_memory(memory.Need(sdxl, ep), "the SDXL UNet")
+    assert set(memory.OPTIMIZE_FACTORS) == {p.key for p in providers.PROVIDERS}
+    assert memory.Need(sdxl).optimize_mb == max(memory.Need(sdxl, ep).optimize_mb for ep in memory.OPTIMIZE_FACTORS)
 
 
 def test_optimization_is_refused_before_the_child_starts_when_memory_is_short(tmp_path, export_of, monkeypatch):
