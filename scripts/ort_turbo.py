@@ -45,6 +45,7 @@ class OrtTurboScript(scripts.Script):
         job.start_job(p, bool(cfg_free))
 
     def process(self, p, *args):
+        job.set_vae_dtype(p, unet.is_selected())
         ort_vae.before_job(p)
 
     def process_batch(self, p, *args, **kwargs):

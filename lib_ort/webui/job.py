@@ -199,11 +199,20 @@ def start_job(p, cfg_free: bool) -> Job:
     if values:
         job.options = OptionScope(values)
         job.options.apply()
+    return job
+
+
+def set_vae_dtype(p, ours_selected: bool) -> None:
+    """From the script's ``process`` hook, once ``override_settings`` are applied: the "fp16 VAE" setting is
+    ORT Turbo's, so it switches the VAE only for a job whose SD Unet is ORT Turbo; with any other (None
+    included) the VAE stays in the dtype the WebUI gave it."""
+    job = current_job()
+    if not ours_selected or not job.running or job.vae is not None:
+        return
     job.vae = VaeScope()
     for note in job.vae.apply(job.sd_model):
         service.log(note)
         comment_under_image(p, f"ORT Turbo: {note}")
-    return job
 
 
 def run_on_close(p, undo):

@@ -56,6 +56,15 @@ def is_ours_active() -> bool:
     return isinstance(sd_unet.current_unet, OrtTurboUnet)
 
 
+def is_selected() -> bool:
+    """Whether the SD Unet setting (with the job's ``override_settings``) resolves to ORT Turbo for the loaded
+    checkpoint: known from the script's ``process`` hook on, before the WebUI applies the SD Unet."""
+    try:
+        return isinstance(sd_unet.get_unet_option(), OrtTurboOption)
+    except Exception:
+        return False
+
+
 def model_loaded_mid_job(sd_model) -> None:
     """``on_model_loaded``: a checkpoint loaded while a job runs (the refiner) gets the SD Unet applied again.
 

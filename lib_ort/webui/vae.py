@@ -35,6 +35,7 @@ from ..recipes import vae_precision
 from ..vae import GuardedDecoder, OrtVae
 from . import service, settings
 from .job import comment_under_image, current_job
+from .unet import is_selected
 
 INFOTEXT_KEY = "ORT Turbo VAE"
 _MISSING = object()
@@ -127,15 +128,6 @@ def export_loaded_vae(ep: str, *, precision: str | None = None, fp32_fallback: b
 
 
 # -- the job -----------------------------------------------------------------------------------------
-
-def _ours_selected() -> bool:
-    from .unet import OrtTurboOption
-
-    try:
-        return isinstance(sd_unet.get_unet_option(), OrtTurboOption)
-    except Exception:
-        return False
-
 
 def _runner(artefact) -> OrtVae:
     openvino = settings.openvino_precision(shared.opts) if artefact.ep == "openvino" else "auto"
@@ -311,7 +303,7 @@ def before_job(p) -> None:
     sd_model = shared.sd_model
     if sd_model is None or getattr(sd_model, "first_stage_model", None) is None:
         return
-    if not _ours_selected() or not bool(getattr(shared.opts, settings.VAE_ON_ORT, True)):
+    if not is_selected() or not bool(getattr(shared.opts, settings.VAE_ON_ORT, True)):
         return
     try:
         fast, fp32, record, why = _find(sd_model)
@@ -340,7 +332,7 @@ def after_batch(p) -> None:
     text = route.infotext() if route is not None else None
     notes = list(route.notes) if route is not None else []
     why, failed = state.vae_unavailable, state.vae_failed
-    if route is None and why and _ours_selected():
+    if route is None and why and is_selected():
         text = "PyTorch (fallback)" if failed else "PyTorch (no artefact)"
         notes = [f"PyTorch VAE used: {why}" if failed else why]
         if not failed and why not in _advised:  # a failure was logged when the job started

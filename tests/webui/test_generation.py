@@ -258,10 +258,30 @@ class VaeProbe:
         pass
 
 
-def vae_job(extension, probe):
-    p = job(extension, steps=1)
+def vae_job(extension, probe, sd_unet=LABEL):
+    p = job(extension, steps=1, override_settings={"sd_unet": sd_unet})
     p.scripts.items.append((probe, ()))
     run_job(p)
+
+
+@pytest.mark.parametrize("sd_unet", ["None", "Automatic"])
+def test_the_vae_dtype_is_left_alone_when_another_sd_unet_runs(fresh_webui, extension, sd_unet):
+    """"fp16 VAE" is ORT Turbo's setting: a job on the PyTorch UNet (SD Unet None, or Automatic for a
+    checkpoint without an artefact) decodes in the dtype the WebUI chose, as without the extension."""
+    from modules.sd_models import CheckpointInfo
+
+    own = shared.sd_model.sd_checkpoint_info
+    shared.sd_model.sd_checkpoint_info = CheckpointInfo("models/Stable-diffusion/no-artefact.safetensors", "0" * 64)
+    try:
+        for fp16_vae in (False, True):
+            shared.opts.data["ort_turbo_fp16_vae"] = fp16_vae
+            devices.dtype_vae = torch.float32  # e.g. --no-half-vae's choice, or an earlier NaN revert
+            shared.sd_model.first_stage_model.to(torch.float32)
+            probe = VaeProbe()
+            vae_job(extension, probe, sd_unet)
+            assert probe.seen == (torch.float32, torch.float32) and devices.dtype_vae == torch.float32
+    finally:
+        shared.sd_model.sd_checkpoint_info = own
 
 
 def test_fp16_vae_setting_switches_and_restores(fresh_webui, extension):
