@@ -136,7 +136,7 @@ class NetworkWeights:
                 ort.replace_weights({})
                 self.applied, self.touched = (), set()
             except Exception:
-                pass  # the runner has no session: the call falls back, and the next bind makes a new one
+                pass  # the runner has no session: this call falls back, the next bind makes a new one
             return reason
         self.applied, self.touched = wanted, now
         self.last_switch_s = time.perf_counter() - start

@@ -113,7 +113,8 @@ class OrtTurboUnet(sd_unet.SdUnet):
 
         Never raises. The key is stored together with the outcome (a session, or the reason there is none),
         so a failure is reported the same way by every later call until something in the key changes: the
-        checkpoint, the provider, the settings or the registry (an export or a delete bumps its generation).
+        checkpoint, the provider, the settings or the registry (an export or a delete bumps its generation),
+        or until the runner loses its session (``NetworkWeights`` could not put any weights back).
         """
         try:
             info = shared.sd_model.sd_checkpoint_info
@@ -126,8 +127,9 @@ class OrtTurboUnet(sd_unet.SdUnet):
             self.key, self.ort, self.artefact, self.retry = None, None, None, True
             self.unavailable = f"ORT Turbo cannot read the loaded checkpoint or its settings ({type(exc).__name__}: {exc})"
             return self.unavailable
-        if key == self.key:
+        if key == self.key and (self.ort is None or self.ort.session is not None):
             return self.unavailable
+        # (a runner without a session, left by a failed weight replacement, is bound anew: same key or not)
         ort = artefact = reason = None
         retry = True  # what failed is cheap to look at again (files, the registry, an import)
         try:

@@ -296,6 +296,31 @@ def test_a_network_adding_a_bias_the_graph_lacks_falls_back_with_the_reason(webu
     assert max_diff(ours, reference) <= 2
 
 
+def test_a_runner_that_lost_its_session_binds_again(webui, extension, lora_model, tmp_path, monkeypatch):
+    """Replacing the weights fails and so does going back to the artefact's own (ORT out of memory, say): the
+    runner has no session. That batch falls back with the reason; the next one makes a new session instead of
+    falling back until the checkpoint, the provider or a setting changes."""
+    from lib_ort.unet import OrtUnet
+
+    name = make_network(tmp_path, webui, lora_model, "lost", "lora", seed=13)
+    reference = generate(extension, "None", {})
+    assert_on_ort(generate(extension, LABEL, {}))
+
+    def fails(self, initializers):
+        self.release()
+        raise RuntimeError("not enough memory, on purpose")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(OrtUnet, "replace_weights", fails)
+        lost = generate(extension, LABEL, prompt((name, 1.0)))
+    assert "PyTorch fallback: ONNX Runtime could not take the network weights (RuntimeError: not enough memory" \
+        in lost.infotexts[0]
+    assert sd_unet.current_unet.ort.session is None
+    ours = generate(extension, LABEL, {})
+    assert_on_ort(ours)
+    assert max_diff(ours, reference) <= 2
+
+
 def test_functional_lora_falls_back(webui, extension, lora_model, tmp_path):
     name = make_network(tmp_path, webui, lora_model, "functional", "lora", seed=6)
     shared.opts.data["lora_functional"] = True
