@@ -15,6 +15,7 @@ reason. Only the changed initializers are held, never a second copy of the whole
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -69,6 +70,44 @@ def original_value(module, name: str, param):
     else:
         chosen = {"weight": weights, "bias": bias}.get(name)
     return param if chosen is None else chosen
+
+
+@contextlib.contextmanager
+def own_weights(unet):
+    """The checkpoint's own weights in ``unet`` while the block runs (an export's trace), then the networks'
+    again, exactly as the extension left them.
+
+    After a job with networks the extension keeps the changed weights in place until a module's next forward
+    sees another wanted set, so a trace right after would bake the networks into the artefact. Here every
+    module whose ``network_current_names`` is set gets its backup's values copied in (a bias a network added
+    is taken away), with the names left as they are: the patched forwards the trace calls see "nothing to
+    change" and keep the own weights. Afterwards the changed values are copied back."""
+    saved = []  # (param, its changed value) and (module, the bias a network added)
+    try:
+        with torch.no_grad():
+            for module in unet.modules():
+                if getattr(module, "network_current_names", ()) == ():
+                    continue
+                added_bias = (getattr(module, "network_weights_backup", None) is not None
+                              and getattr(module, "network_bias_backup", None) is None
+                              and isinstance(getattr(module, "bias", None), torch.nn.Parameter))
+                for pname, param in list(module.named_parameters()):
+                    if pname == "bias" and added_bias:
+                        saved.append((module, param))
+                        module.bias = None
+                        continue
+                    original = original_value(module, pname, param)
+                    if original is not param:
+                        saved.append((param, param.detach().clone()))
+                        param.copy_(original.to(param.device, param.dtype))
+        yield
+    finally:
+        with torch.no_grad():
+            for owner, value in reversed(saved):
+                if isinstance(owner, torch.nn.Module):
+                    owner.bias = value
+                else:
+                    owner.copy_(value)
 
 
 class NetworkWeights:

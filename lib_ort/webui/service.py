@@ -244,12 +244,14 @@ class UnetExport(PartExport):
         from modules import sd_unet
 
         from ..pipeline import ensure_export
+        from .networks import own_weights
 
         was_active = sd_unet.current_unet is not None
         sd_unet.apply_unet("None")  # route UNet calls to PyTorch during the trace
+        unet = self.sd_model.model.diffusion_model
         try:
-            ensure_export(self.sd_model.model.diffusion_model, reg, self.checkpoint,
-                          progress=lambda f, m: progress(self.trace_share * f, m))
+            with own_weights(unet):  # not the weights a Lora network left in place after the last job
+                ensure_export(unet, reg, self.checkpoint, progress=lambda f, m: progress(self.trace_share * f, m))
         finally:
             if was_active:
                 sd_unet.apply_unet()

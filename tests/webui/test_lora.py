@@ -39,9 +39,9 @@ class LoraSdModel(StubSdModel):
     no trained checkpoint has and which the weight map rightly calls ambiguous), under a
     ``DiffusionWrapper``-like module, as the Lora extension walks ``sd_model.model.named_modules()``."""
 
-    def __init__(self):
-        super().__init__("tiny-sd2", "models/Stable-diffusion/turbo/tiny-sd2-lora.safetensors")
-        g = torch.Generator().manual_seed(11)
+    def __init__(self, filename="models/Stable-diffusion/turbo/tiny-sd2-lora.safetensors", seed=11):
+        super().__init__("tiny-sd2", filename)
+        g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for p in self.unet.parameters():
                 p.add_(torch.randn(p.shape, generator=g) * 0.05)
@@ -306,6 +306,42 @@ def test_the_same_set_again_does_not_rebuild_the_session(webui, extension, lora_
     assert unet.ort.session is session
     generate(extension, LABEL, {})
     assert unet.ort.session is not session and unet.ort.replaced == {}
+
+
+def test_an_export_after_a_lora_job_traces_the_checkpoints_own_weights(webui, extension, tmp_path):
+    """The Lora extension puts a module's own weights back lazily, at its next forward: after a PyTorch job
+    with a LoRA the UNet still holds the LoRA'd weights and ``loaded_networks`` still names the LoRA, so a
+    trace would see them. The export must carry the checkpoint's own weights: its image without networks
+    is PyTorch's without networks, and the LoRA on top of it is the LoRA's image."""
+    from lib_ort.webui import service
+
+    model = LoraSdModel("models/Stable-diffusion/turbo/tiny-sd2-lora-export.safetensors", seed=21)
+    webui.assign_network_names_to_compvis_modules(model)
+    shared.sd_model = model  # a checkpoint with no export yet
+    name = make_network(tmp_path, webui, model, "before-export", "lora", seed=22)
+    o, i = _module(model, LINEAR).weight.shape  # and one that adds a bias the layer does not have
+    tensors = {f"lora_unet_{LINEAR}.diff": torch.zeros(o, i), f"lora_unet_{LINEAR}.diff_b": torch.full((o,), 0.1)}
+    bias = make_network(tmp_path, webui, model, "adds-bias", "full", tensors=tensors)
+    plain = generate(extension, "None", {})
+    with_lora = generate(extension, "None", prompt((name, 1.0)))
+    assert max_diff(plain, with_lora) > 2, "the network must change the image, or this test proves nothing"
+    generate(extension, "None", prompt((name, 1.0), (bias, 1.0)))  # what the UNet holds when the export starts
+    still = [m for m in model.unet.modules() if getattr(m, "network_current_names", ())]
+    assert still and webui.loaded_networks, "the networks' weights must still be in the UNet when the export starts"
+    assert _module(model, LINEAR).bias is not None
+    manifest = service.export_loaded_checkpoint("cpu")
+    assert _module(model, LINEAR).bias is not None  # the extension's state is as it left it
+    try:
+        ours = generate(extension, LABEL, {})
+        assert_on_ort(ours)
+        assert manifest["id"] in ours.infotexts[0]
+        assert max_diff(ours, plain) <= 2
+        ours_lora = generate(extension, LABEL, prompt((name, 1.0)))
+        assert_on_ort(ours_lora)
+        assert max_diff(ours_lora, with_lora) <= 2
+    finally:
+        sd_unet.apply_unet("None")
+        service.delete_artefact(manifest["id"])
 
 
 def test_the_weight_map_is_saved_beside_the_artefact(webui, extension, lora_model, lora_exported, tmp_path):
