@@ -191,8 +191,11 @@ class Registry:
         return loaded
 
     def delete(self, artefact_id_or_folder: str) -> None:
-        folder = self.root / Path(artefact_id_or_folder).name
-        if not folder.is_dir() or folder.name.startswith("."):
+        """Delete one artefact: a folder ``list`` shows (its manifest is there, valid or not), never the raw
+        exports, a work folder, a cache or anything else in or outside the registry (the id comes from a URL)."""
+        name = Path(artefact_id_or_folder).name
+        folder = self.root / name
+        if not name or name.startswith(".") or name == EXPORTS or not (folder / MANIFEST).is_file():
             raise ArtefactError(f"no artefact {artefact_id_or_folder!r} in {self.root}")
         trash = self.root / f"{_TMP_PREFIX}deleted-{folder.name}-{int(time.time())}"
         os.replace(folder, trash)  # atomic: the entry is gone even if the removal below is cut short

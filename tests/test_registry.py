@@ -35,6 +35,26 @@ def test_commit_list_find_load_delete(tmp_path):
         reg.delete(a.id)
 
 
+@pytest.mark.parametrize("name", ["exports", ".", "", "..", "trt-cache", ".tmp-work", "unfinished", "../outside"])
+def test_delete_takes_only_an_artefact_never_the_registrys_own_folders(tmp_path, name):
+    """``DELETE /ort-turbo/v1/artefacts/<id>`` hands the id from the URL to ``delete``: the raw exports, the
+    TensorRT cache, work folders, a folder without a manifest, the registry itself or anything outside it
+    must never go."""
+    root = tmp_path / "reg"
+    reg = Registry(root)
+    a = _fake_artefact(reg)
+    for folder in ("exports/abc-opset17", "trt-cache", ".tmp-work", "unfinished"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "keep").write_text("x")
+    (tmp_path / "outside").mkdir()
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    with pytest.raises(ArtefactError, match="no artefact"):
+        reg.delete(name)
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+    reg.delete(a.id)
+    assert not a.folder.exists() and (root / "exports" / "abc-opset17" / "keep").is_file()
+
+
 def test_recommit_replaces_only_when_the_new_one_is_complete(tmp_path):
     reg = Registry(tmp_path)
     _fake_artefact(reg)
