@@ -195,8 +195,13 @@ class Registry:
         exports, a work folder, a cache or anything else in or outside the registry (the id comes from a URL)."""
         name = Path(artefact_id_or_folder).name
         folder = self.root / name
-        if not name or name.startswith(".") or name == EXPORTS or not (folder / MANIFEST).is_file():
-            raise ArtefactError(f"no artefact {artefact_id_or_folder!r} in {self.root}")
+        try:
+            found = bool(name) and not name.startswith(".") and name != EXPORTS and (folder / MANIFEST).is_file()
+        except OSError:  # e.g. a name longer than the file system allows
+            found = False
+        if not found:
+            shown = artefact_id_or_folder if len(artefact_id_or_folder) <= 80 else f"{artefact_id_or_folder[:80]}..."
+            raise ArtefactError(f"no artefact {shown!r} in {self.root}")
         trash = self.root / f"{_TMP_PREFIX}deleted-{folder.name}-{int(time.time())}"
         os.replace(folder, trash)  # atomic: the entry is gone even if the removal below is cut short
         shutil.rmtree(trash, ignore_errors=True)

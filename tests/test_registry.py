@@ -35,7 +35,8 @@ def test_commit_list_find_load_delete(tmp_path):
         reg.delete(a.id)
 
 
-@pytest.mark.parametrize("name", ["exports", ".", "", "..", "trt-cache", ".tmp-work", "unfinished", "../outside"])
+@pytest.mark.parametrize("name", ["exports", ".", "", "..", "trt-cache", ".tmp-work", "unfinished", "../outside",
+                                  "0" * 4096])
 def test_delete_takes_only_an_artefact_never_the_registrys_own_folders(tmp_path, name):
     """``DELETE /ort-turbo/v1/artefacts/<id>`` hands the id from the URL to ``delete``: the raw exports, the
     TensorRT cache, work folders, a folder without a manifest, the registry itself or anything outside it
