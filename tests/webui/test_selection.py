@@ -72,6 +72,7 @@ def test_openvino_precision_setting_reaches_the_session_and_a_change_binds_again
         def __init__(self, artefact, **options):
             made.append(options)
             self.artefact = artefact
+            self.session = object()  # a live session, as OrtUnet has after its start
 
     artefact = service.registry().load(exported["id"])
     monkeypatch.setattr(webui_unet, "OrtUnet", Recorder)
@@ -100,6 +101,7 @@ def test_automatic_keeps_the_cpu_artefact_until_the_checkpoint_is_exported_for_o
         def __init__(self, artefact, **options):
             served.append(artefact.id)
             self.artefact = artefact
+            self.session = object()  # a live session, as OrtUnet has after its start
 
     monkeypatch.setattr(webui_unet, "OrtUnet", Recorder)
     monkeypatch.setattr(settings, "provider_status", lambda: {"CUDA": "not here", "TensorRT": "not here",
