@@ -281,18 +281,6 @@ def fp32_time_embedding(model, export, input_name: str = "timestep") -> list[str
     return names
 
 
-def node_compute_types(model, names) -> dict[str, str]:
-    """For each named node, the element type of its first output (after shape inference)."""
-    import onnx
-
-    inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type
-             for v in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)}
-    wanted = set(names)
-    return {n.name: onnx.TensorProto.DataType.Name(types.get(n.output[0], 0))
-            for n in inferred.graph.node if n.name in wanted}
-
-
 # -- placement --------------------------------------------------------------------------------------
 
 MEMCPY_OPS = (b"MemcpyToHost", b"MemcpyFromHost")

@@ -34,10 +34,6 @@ class NonFiniteOutput(UnsupportedInput):
         self.first_time = first_time
 
 
-def forget_overflows() -> None:
-    _OVERFLOWED.clear()
-
-
 def input_dtypes(manifest: dict) -> dict:
     """The torch dtype each graph input is fed in, from the manifest's ``io_types``."""
     return {n: TORCH_DTYPES[manifest["io_types"][n]] for n in manifest["input_names"]}

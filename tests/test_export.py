@@ -8,8 +8,8 @@ from conftest import TINY, tiny_model
 from lib_ort.bench.architectures import example_inputs
 from lib_ort.attention import sdpa_attention
 from lib_ort.errors import ExportError
-from lib_ort.export import MODEL_FILE, WEIGHTS_FILE, load_export_info, on_cpu_in_fp32
-from lib_ort.parts.unet import export_unet
+from lib_ort.export import MODEL_FILE, WEIGHTS_FILE, export_model, load_export_info, on_cpu_in_fp32
+from lib_ort.parts.unet import UNET
 from lib_ort.graph import io_types, op_counts
 
 SHAPES = [(1, 8, 8, 77), (2, 12, 8, 154), (3, 8, 16, 77)]  # (B, latent H, latent W, S): H != W, S in {77, 154}
@@ -60,7 +60,7 @@ def test_export_io_names_dynamic_axes_and_one_weights_file(name, export_of):
 
 
 def test_opset_is_selectable(tmp_path):
-    result = export_unet(tiny_model("tiny-sd1"), tmp_path / "op14", opset=14)
+    result = export_model(UNET, tiny_model("tiny-sd1"), tmp_path / "op14", opset=14)
     model = onnx.load(str(result.model_path), load_external_data=False)
     assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [14]
 
@@ -101,7 +101,7 @@ def test_fp16_model_is_exported_in_fp32_and_given_back_in_fp16(tmp_path):
     from lib_ort.bench.architectures import build_unet
 
     model = build_unet("tiny-sd1").half()
-    result = export_unet(model, tmp_path / "half")
+    result = export_model(UNET, model, tmp_path / "half")
     assert next(model.parameters()).dtype == torch.float16
     assert set(io_types(result.model_path).values()) == {"FLOAT"}
 
@@ -129,7 +129,7 @@ class _Broken(nn.Module):
 def test_failed_export_leaves_nothing_and_says_why(tmp_path):
     target = tmp_path / "exports" / "broken"
     with pytest.raises(ExportError, match="tracing failed on purpose"):
-        export_unet(_Broken(), target)
+        export_model(UNET, _Broken(), target)
     assert not target.exists()
     assert list((tmp_path / "exports").iterdir()) == []  # no half-written temp folder either
 
@@ -137,4 +137,4 @@ def test_failed_export_leaves_nothing_and_says_why(tmp_path):
 def test_export_refuses_to_overwrite(tmp_path):
     (tmp_path / "x").mkdir()
     with pytest.raises(ExportError, match="already exists"):
-        export_unet(tiny_model("tiny-sd1"), tmp_path / "x")
+        export_model(UNET, tiny_model("tiny-sd1"), tmp_path / "x")

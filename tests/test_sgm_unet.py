@@ -134,7 +134,8 @@ def _webui_like_forward(calls):
 
 
 def test_export_replaces_the_webuis_attention_on_sgm_classes_and_puts_it_back(tmp_path):
-    from lib_ort.parts.unet import export_unet
+    from lib_ort.export import export_model
+    from lib_ort.parts.unet import UNET
     from sgm.modules.attention import CrossAttention
 
     calls = []
@@ -147,7 +148,7 @@ def test_export_replaces_the_webuis_attention_on_sgm_classes_and_puts_it_back(tm
             ref = model(**inputs)
         assert calls, "the WebUI's forward runs the PyTorch UNet"
         calls.clear()
-        result = export_unet(model, tmp_path / "export")
+        result = export_model(UNET, model, tmp_path / "export")
         assert calls == []  # traced through SDPA, not through the WebUI's einsum attention
         assert CrossAttention.forward is webui  # the WebUI's choice is back
         session = ort.InferenceSession(str(result.model_path), providers=["CPUExecutionProvider"])

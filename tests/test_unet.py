@@ -75,7 +75,8 @@ def test_output_keeps_the_input_layout_dtype_and_device(sd_unet):
 
 from lib_ort.optimize import optimize_export  # noqa: E402
 from lib_ort.recipes import cpu_fp16_unet_recipe  # noqa: E402
-from lib_ort.unet import NonFiniteOutput, forget_overflows  # noqa: E402
+from lib_ort import unet as unet_module  # noqa: E402
+from lib_ort.unet import NonFiniteOutput  # noqa: E402
 
 
 def _fp16_cpu_unet(model, registry, name):
@@ -130,7 +131,7 @@ def _overflowing_unet():
 def test_nan_guard_sends_an_overflowing_fp16_call_to_pytorch_and_says_so_once(shared_registry):
     model = _overflowing_unet()
     unet = _fp16_cpu_unet(model, shared_registry, "overflowing-unet")
-    forget_overflows()
+    unet_module._OVERFLOWED.clear()  # what this session remembers of overflowing artefacts
     inputs = example_inputs(model, 1, 8, 8, 77, seed=2)
     with torch.no_grad():
         assert torch.isfinite(model(**inputs)).all()  # finite in fp32: only fp16 overflows
@@ -140,7 +141,7 @@ def test_nan_guard_sends_an_overflowing_fp16_call_to_pytorch_and_says_so_once(sh
     with pytest.raises(NonFiniteOutput, match="seen earlier this session") as again:
         unet(inputs["x"].half(), inputs["timesteps"], inputs["context"].half())
     assert not again.value.first_time
-    forget_overflows()
+    unet_module._OVERFLOWED.clear()  # what this session remembers of overflowing artefacts
 
 
 def test_fp32_artefacts_are_not_guarded(sd_unet):

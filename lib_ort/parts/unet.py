@@ -7,7 +7,6 @@ manifest carries the IO spec, the family and the shape ranges TensorRT profiles 
 
 from __future__ import annotations
 
-import os
 
 import torch
 from torch import nn
@@ -115,10 +114,3 @@ class UnetModel(Model):
 
 
 UNET = UnetModel()
-
-
-def export_unet(model: nn.Module, out_dir: str | os.PathLike, **kwargs):
-    """Export ``model`` (``forward(x, timesteps, context, y=None)``) to ``out_dir``; see ``export.export_model``."""
-    from ..export import export_model
-
-    return export_model(UNET, model, out_dir, **kwargs)

@@ -159,10 +159,3 @@ def export_vae(vae: nn.Module, out_dir: str | os.PathLike, *, parts=PARTS, **kwa
     if unknown or not parts:
         raise ValueError(f"VAE parts must be some of {PARTS}, got {tuple(parts)}")
     return export_model(VAE, vae, out_dir, parts=tuple(p for p in VAE.parts if p.name in parts), **kwargs).info
-
-
-def load_vae_export_info(folder: str | os.PathLike) -> dict:
-    import json
-    from pathlib import Path
-
-    return json.loads((Path(folder) / INFO_FILE).read_text())

@@ -269,10 +269,6 @@ class VaeRoute:
         return f"{ran} and PyTorch" if self.torch_calls and self.notes else ran
 
 
-def current_route() -> VaeRoute | None:
-    return current_job().vae_route
-
-
 def _find(sd_model) -> tuple[OrtVae | None, OrtVae | None, dict, str | None]:
     """(fast runner, fp32 runner or None, VAE record, why there is none)."""
     eps = service.providers_to_try()  # the chosen provider, then the CPU's artefact under Automatic/OpenVINO

@@ -172,11 +172,12 @@ def _check_export(real, ours, name, failures):
     import onnxruntime as ort
 
     from lib_ort.bench.architectures import example_inputs
-    from lib_ort.parts.unet import export_unet
+    from lib_ort.export import export_model
+    from lib_ort.parts.unet import UNET
 
     with tempfile.TemporaryDirectory() as tmp:
-        result = export_unet(real, Path(tmp) / "export")
-        ours_path = export_unet(ours, Path(tmp) / "ours").model_path
+        result = export_model(UNET, real, Path(tmp) / "export")
+        ours_path = export_model(UNET, ours, Path(tmp) / "ours").model_path
         real_ops, ours_ops = (_wiring(onnx.load(str(p), load_external_data=False).graph)
                               for p in (result.model_path, ours_path))
         print(f"  exported graphs: {len(real_ops)} nodes (real), {len(ours_ops)} (stand-in); same nodes, in order, "

@@ -1,6 +1,5 @@
 """The headless routes and /sdapi-style generation with override_settings and alwayson_scripts."""
 
-import pytest
 from fastapi.testclient import TestClient
 
 from conftest import api_app, script_runner

@@ -18,6 +18,7 @@ from lib_ort.vae import forget_fp16_overflows
 from lib_ort.bench.vae_architectures import build_vae
 from lib_ort.pipeline import prepare_vae
 from lib_ort.webui import settings
+from lib_ort.webui.job import current_job
 from lib_ort.webui import vae as ort_vae
 from lib_ort.webui.unet import LABEL
 
@@ -110,14 +111,14 @@ def test_another_sd_unet_is_never_bypassed(webui, extension, vae_model):
         shared.opts.data["sd_unet"] = "Other"
         p = StableDiffusionProcessing(script_runner(extension))
         p.scripts.process(p)
-        assert ort_vae.current_route() is None and no_patch_left(vae_model)
+        assert current_job().vae_route is None and no_patch_left(vae_model)
     finally:
         sd_unet.unet_options[:] = [o for o in sd_unet.unet_options if o.label != "Other"]
     # and a route installed for ORT Turbo steps aside if another SD Unet is active when the VAE is called
     shared.opts.data["sd_unet"] = LABEL
     p = StableDiffusionProcessing(script_runner(extension))
     p.scripts.process(p)
-    route = ort_vae.current_route()
+    route = current_job().vae_route
     assert route is not None and route.serving()
     sd_unet.current_unet = sd_unet.SdUnet()
     try:
@@ -179,7 +180,7 @@ def test_patches_are_removed_when_the_job_fails(webui, extension, vae_model):
     p = StableDiffusionProcessing(script_runner(extension), steps=2, cfg_scale=1.0, fail_at_step=0)
     with pytest.raises(RuntimeError, match="on purpose"):
         run_job(p)
-    assert ort_vae.current_route() is None and no_patch_left(vae_model)
+    assert current_job().vae_route is None and no_patch_left(vae_model)
 
 
 def test_the_fp16_vae_setting_chooses_the_ort_vae_precision(webui):
@@ -322,7 +323,7 @@ def test_unloading_the_extension_mid_job_undoes_every_patch(webui, extension, va
         if step:
             return
         seen["during"] = (shared.opts.skip_early_cond, devices.dtype_vae, "close" in vars(p),
-                          ort_vae.current_route() is not None, sd_unet.current_unet is not None)
+                          current_job().vae_route is not None, sd_unet.current_unet is not None)
         script_callbacks.script_unloaded_callback()
         seen["after"] = (shared.opts.data.get("skip_early_cond", "absent"), devices.dtype_vae, "close" in vars(p),
                          no_patch_left(vae_model), sd_unet.current_unet,
