@@ -12,7 +12,7 @@ Everything the extension writes lives in two folders, never in the WebUI's site-
 
 The only thing installed into the WebUI's own environment is the ONNX Runtime package that
 install.py chose (and its small dependencies). It is left in place on clean-up, since other
-extensions may import ``onnxruntime`` too; the README's Uninstall paragraph says how to remove it by hand.
+extensions may import ``onnxruntime`` too; docs/usage.md's Uninstall paragraph says how to remove it by hand.
 """
 
 from __future__ import annotations
