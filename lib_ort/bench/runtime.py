@@ -56,8 +56,10 @@ def openvino_precisions(asked: str | None, native: bool | None = None) -> list[s
 
 
 def runtime_python(given: str | None = None) -> str:
-    """The runtime interpreter: ``given``, else ``$ORT_TURBO_OPENVINO_PYTHON``, else this one."""
-    return str(given or os.environ.get(RUNTIME_PYTHON_ENV) or sys.executable)
+    """The runtime interpreter: ``given``, else ``$ORT_TURBO_OPENVINO_PYTHON``, else this one; as an absolute
+    path (not resolved: a venv's python is a link that must stay the venv's), since the child it starts
+    runs in another folder and ``.venv-openvino/bin/python`` would not be found from there."""
+    return os.path.abspath(str(given or os.environ.get(RUNTIME_PYTHON_ENV) or sys.executable))
 
 
 _PROBE = ("import json, numpy, onnxruntime as o; "
@@ -112,6 +114,7 @@ def time_in_runtime(python: str, model_path, plan: dict, feeds: dict, *, runs: i
     child's reason (its fallback refusal included) and its log's tail if it fails."""
     from ..optimize import Toolchain
 
+    python = runtime_python(python)  # absolute: the child starts in its own folder
     with tempfile.TemporaryDirectory(prefix="ort-turbo-runtime-") as tmp:
         work = Path(tmp)
         np.savez(work / "inputs.npz", **{name: np.ascontiguousarray(a) for name, a in feeds.items()})

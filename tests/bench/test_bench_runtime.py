@@ -12,7 +12,7 @@ import torch
 from conftest import tiny_model
 from lib_ort.bench.architectures import example_inputs
 from lib_ort.bench.runtime import (RUNTIME_PYTHON_ENV, check_runtime, native_bf16, openvino_plan,
-                                   openvino_precisions, time_in_runtime)
+                                   openvino_precisions, runtime_python, time_in_runtime)
 from lib_ort.bench.timing import rel_err
 from lib_ort.cli import main
 from lib_ort.errors import OrtTurboError
@@ -49,6 +49,20 @@ def test_the_child_times_a_session_plan_in_another_process_and_returns_its_outpu
     assert result["imported_torch"] is False  # the runtime interpreter needs no torch
     assert len(outputs) == 1 and outputs[0].shape == tuple(ref.shape)
     assert rel_err(torch.from_numpy(outputs[0]), ref) <= 1e-4
+
+
+def test_a_relative_runtime_python_is_found_although_the_child_runs_elsewhere(export_of, tmp_path, monkeypatch):
+    """``bench --runtime-python .venv-openvino/bin/python``: relative to where the command was given, not to
+    the child's own folder (it crashed with FileNotFoundError)."""
+    folder = export_of("tiny-sd2")
+    feeds, _ = _unet_feeds(folder)
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.relpath(sys.executable, tmp_path)
+    assert not os.path.isabs(relative)
+    result, _ = time_in_runtime(relative, folder / MODEL_FILE, plan_session("cpu", intra_op_threads=1).to_dict(),
+                                feeds, runs=1, warmup=0)
+    assert result["providers"][0] == "CPUExecutionProvider"
+    assert runtime_python(relative) == os.path.abspath(relative)
 
 
 def test_the_child_reports_why_a_plan_cannot_run(export_of):
