@@ -51,12 +51,26 @@ def bar_chart(rows: list[dict], path: str | Path, title: str, baseline: str | No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig = draw_bar_chart(rows, title, baseline)
+    path = Path(path)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def draw_bar_chart(rows: list[dict], title: str, baseline: str | None = None):
+    """The chart's figure. The legend sits below the axes, outside them, so it never covers a bar or the
+    gain written over the tallest one (inside the axes it did, wherever matplotlib found the "best" place);
+    the axes leave room above the tallest bar for its label."""
+    import matplotlib.pyplot as plt
+
     configs = list(dict.fromkeys(r["config"] for r in rows))
     baseline = baseline or configs[0]
     groups = _groups(rows)
     by = {(r["config"], r["batch"], r["steps"]): r for r in rows}
     width = 0.8 / len(configs)
-    fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(groups), 4.2))
+    fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(groups), 4.6))
+    tallest = 0.0
     for i, c in enumerate(configs):
         xs, ys = [], []
         for g, (b, s) in enumerate(groups):
@@ -64,24 +78,24 @@ def bar_chart(rows: list[dict], path: str | Path, title: str, baseline: str | No
             if r and r.get("images_per_s"):
                 xs.append(g + (i - (len(configs) - 1) / 2) * width)
                 ys.append(r["images_per_s"])
-        bars = ax.bar(xs, ys, width, label=c)
+        ax.bar(xs, ys, width, label=c)
+        tallest = max([tallest, *ys])
         if c != baseline:
             for x, y, (b, s) in zip(xs, ys, [k for k in groups if by.get((c, *k), {}).get("images_per_s")]):
                 base = by.get((baseline, b, s), {}).get("images_per_s")
                 if base:
                     ax.annotate(f"{(y / base - 1) * 100:+.0f}%", (x, y), ha="center", va="bottom", fontsize=7)
-        del bars
+    if tallest:
+        ax.set_ylim(0, tallest * 1.12)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"({b},{s})" for b, s in groups])
     ax.set_xlabel("(batch, steps)")
     ax.set_ylabel("images/s")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(len(configs), 3),
+              frameon=False)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def write_report(rows: list[dict], out_dir: str | Path, name: str, title: str, meta: dict,

@@ -159,3 +159,36 @@ def test_an_infotext_names_the_provider_that_served_the_row():
     assert _served_by('"abc-openvino-fp32 (OpenVINO (CPU), bf16)"', "OpenVINO (CPU)")
     assert not _served_by('"abc-openvino-fp32 (OpenVINO (CPU), bf16)"', "CPU")
     assert not _served_by("abc-cpu-fp32 (CPU)", "OpenVINO (CPU)")
+
+
+def test_the_charts_legend_covers_no_bar_and_no_gain_label():
+    """With five configurations (webui-bench's) and one bar far taller than the rest, the legend used to sit on
+    the tallest bar's gain label. Drawn for real: no legend box overlaps a bar or a label, and every label
+    stays inside the axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    from matplotlib.text import Annotation
+
+    from lib_ort.bench.report import draw_bar_chart
+
+    configs = ["WebUI stock (InvokeAI)", "WebUI + CFG-free (InvokeAI)", "WebUI stock (sdp - scaled dot product)",
+               "WebUI + CFG-free (sdp - scaled dot product)", "ORT Turbo"]
+    rows = [{"config": c, "batch": b, "steps": s, "images_per_s": (5.0 if c == "ORT Turbo" else 1.0 + 0.1 * i) / s}
+            for i, c in enumerate(configs) for b in (1, 4) for s in (1, 4)]
+    fig = draw_bar_chart(rows, "txt2img 512x512", baseline=configs[2])
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        ax = fig.axes[0]
+        legend = ax.get_legend().get_window_extent(renderer)
+        labels = [t.get_window_extent(renderer) for t in ax.texts if isinstance(t, Annotation)]
+        bars = [p.get_window_extent(renderer) for p in ax.patches if isinstance(p, Rectangle) and p.get_height() > 0]
+        assert len(labels) == 16 and len(bars) == 20
+        assert not any(legend.overlaps(box) for box in labels + bars)
+        inside = ax.get_window_extent(renderer)
+        assert all(inside.y0 <= box.y0 and box.y1 <= inside.y1 for box in labels)
+    finally:
+        plt.close(fig)
