@@ -1,4 +1,5 @@
-# make bench: set up .venv and benchmark one SD-Turbo-size UNet call (random weights) on ORT CPU.
+# make bench: set up .venv and benchmark one SD-Turbo-size UNet call (random weights) on the provider
+#             the WebUI's Automatic would use here (this venv's onnxruntime: the CPU provider on a CPU machine).
 # make test:  set up both environments and run the CPU test suite (what CI runs).
 #   .venv        engine + Olive toolchain (requirements-dev.txt)
 #   .venv-webui  a WebUI-v1.10.1-like environment for the adapter and browser tests (requirements-webui.txt)
@@ -88,7 +89,7 @@ test-js:
 	node --test tests/js/
 
 bench: setup
-	$(PY) -m lib_ort bench --arch sd-turbo --ep cpu --unfused --json
+	$(PY) -m lib_ort bench --arch sd-turbo --ep automatic --unfused --json
 
 clean:
 	rm -rf $(VENV) $(WEBUI_VENV) $(OPENVINO_VENV) artefacts

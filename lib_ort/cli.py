@@ -118,6 +118,18 @@ def cmd_delete(args) -> dict:
 def cmd_bench(args) -> dict:
     from .bench.unet import run_bench, run_matrix
 
+    automatic = None
+    if args.ep == "automatic":
+        from .bench.runtime import automatic_provider
+        from .providers import label
+
+        automatic = automatic_provider(args.runtime_python)
+        args.ep = automatic["ep"]
+        bf16 = "with" if automatic["native_bf16"] else "without"
+        print(f"Automatic on this machine: {label(args.ep)} (this install offers "
+              f"{', '.join(label(k) for k in automatic['offered'])}; the CPU is {bf16} native bf16): the ORT row is "
+              "what the WebUI would run", file=sys.stderr)
+
     if args.matrix and args.profile:
         raise ValueError("--matrix and --profile are separate runs; pick one")
     if args.ep == "openvino" and (args.matrix or args.profile):
@@ -143,6 +155,8 @@ def cmd_bench(args) -> dict:
                        runs=args.runs, warmup=args.warmup, root=args.root, unfused=args.unfused, seed=args.seed,
                        interleave=args.interleave, toolchain=_toolchain(args), runtime_python_path=args.runtime_python,
                        openvino_precision=args.openvino_precision, progress=_console_progress)
+    if automatic is not None:
+        result["automatic"] = automatic
     _print_table(result)
     return result
 
@@ -160,6 +174,8 @@ def cmd_bench_vae(args) -> dict:
                            warmup=args.warmup, root=args.root, seed=args.seed, toolchain=_toolchain(args),
                            profile=args.profile, encode=args.encode, runtime_python_path=args.runtime_python,
                            openvino_precision=args.openvino_precision, progress=_console_progress)
+    if automatic is not None:
+        result["automatic"] = automatic
     _print_table(result)
     return result
 
@@ -223,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time one UNet call, the WebUI's PyTorch paths (SDPA, InvokeAI, ldm eager) vs ONNX Runtime")
     p.add_argument("--arch", choices=list(ARCHITECTURES), default="sd-turbo")
-    p.add_argument("--ep", choices=PROVIDER_KEYS, default="cpu", help=EP_HELP)
+    p.add_argument("--ep", choices=[*PROVIDER_KEYS, "automatic"], default="cpu",
+                   help=EP_HELP + "; automatic: the one the WebUI's Automatic would pick on this machine")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--height", type=int, default=None, help="image height in px (default: the arch's)")
     p.add_argument("--width", type=int, default=None)

@@ -39,16 +39,25 @@ class Provider:
     min_ort: str
     #: the distributions among ONNXRUNTIME_DISTRIBUTIONS whose onnxruntime serves it
     packages: frozenset[str]
+    #: Automatic takes the offered provider of the lowest rank; None: only when chosen by name
+    automatic_rank: int | None = None
+    #: Automatic takes it only on a CPU with native bf16 (OpenVINO: 3-4x the CPU provider in bf16, about
+    #: the same in fp32, measured in docs/benchmarks.md)
+    automatic_needs_native_bf16: bool = False
 
 
 #: in the order the settings show them
 PROVIDERS: tuple[Provider, ...] = (
-    Provider("cuda", "CUDA", "CUDAExecutionProvider", "gpu", "fp16", ("fp16", "fp32"), "1.17.0", _NVIDIA),
+    Provider("cuda", "CUDA", "CUDAExecutionProvider", "gpu", "fp16", ("fp16", "fp32"), "1.17.0", _NVIDIA,
+             automatic_rank=0),
+    # TensorRT builds an engine per shape profile (minutes, much GPU memory): never picked by Automatic
     Provider("tensorrt", "TensorRT", "TensorrtExecutionProvider", "gpu", "fp32", ("fp32",), "1.16.0", _NVIDIA),
-    Provider("dml", "DirectML", "DmlExecutionProvider", "gpu", "fp16", ("fp16", "fp32"), "1.17.0", _DIRECTML),
-    Provider("openvino", "OpenVINO (CPU)", "OpenVINOExecutionProvider", "cpu", "fp32", ("fp32",), "1.23.0", _OPENVINO),
+    Provider("dml", "DirectML", "DmlExecutionProvider", "gpu", "fp16", ("fp16", "fp32"), "1.17.0", _DIRECTML,
+             automatic_rank=1),
+    Provider("openvino", "OpenVINO (CPU)", "OpenVINOExecutionProvider", "cpu", "fp32", ("fp32",), "1.23.0", _OPENVINO,
+             automatic_rank=2, automatic_needs_native_bf16=True),
     Provider("cpu", "CPU", "CPUExecutionProvider", "cpu", "fp32", ("fp32",), "1.16.0",
-             frozenset(ONNXRUNTIME_DISTRIBUTIONS)),
+             frozenset(ONNXRUNTIME_DISTRIBUTIONS), automatic_rank=3),
 )
 KEYS: tuple[str, ...] = tuple(p.key for p in PROVIDERS)
 _BY_KEY = {p.key: p for p in PROVIDERS}
@@ -67,6 +76,15 @@ def label(key: str) -> str:
     (a manifest written by another version)."""
     row = _BY_KEY.get(key)
     return row.label if row is not None else str(key)
+
+
+def automatic(offered, native_bf16: bool) -> str:
+    """The provider "Automatic" means, among the keys ``offered`` (what this onnxruntime can run), on a CPU
+    with or without native bf16: the offered row of the lowest ``automatic_rank`` it qualifies for; "cpu"
+    when none does. The one place that decides it (the WebUI's settings, the benchmarks)."""
+    ranked = sorted((p for p in PROVIDERS if p.key in set(offered) and p.automatic_rank is not None
+                     and (native_bf16 or not p.automatic_needs_native_bf16)), key=lambda p: p.automatic_rank)
+    return ranked[0].key if ranked else "cpu"
 
 
 def served_by(distribution: str) -> frozenset[str]:

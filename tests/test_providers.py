@@ -62,3 +62,15 @@ def test_the_table_imports_nothing_heavy():
 def test_a_user_reads_the_label_and_an_unknown_key_stays_readable():
     assert [label(p.key) for p in PROVIDERS] == ["CUDA", "TensorRT", "DirectML", "OpenVINO (CPU)", "CPU"]
     assert label("rocm") == "rocm"  # a manifest from another version still lists
+
+
+def test_automatic_ranks_the_offered_providers_from_the_table():
+    from lib_ort.providers import automatic
+
+    assert automatic({"cpu"}, native_bf16=True) == "cpu"
+    assert automatic({"cpu", "tensorrt"}, native_bf16=True) == "cpu"  # TensorRT only when chosen
+    assert automatic({"cpu", "openvino"}, native_bf16=True) == "openvino"
+    assert automatic({"cpu", "openvino"}, native_bf16=False) == "cpu"  # OpenVINO fp32 is not faster
+    assert automatic({"cpu", "openvino", "dml"}, native_bf16=True) == "dml"
+    assert automatic({"cpu", "dml", "cuda", "tensorrt"}, native_bf16=False) == "cuda"
+    assert automatic(set(), native_bf16=False) == "cpu"

@@ -62,6 +62,27 @@ def runtime_python(given: str | None = None) -> str:
     return os.path.abspath(str(given or os.environ.get(RUNTIME_PYTHON_ENV) or sys.executable))
 
 
+def automatic_provider(runtime_python_path: str | None = None) -> dict:
+    """What the WebUI's "Automatic" would pick on this machine (``providers.automatic``): from the providers
+    this interpreter's onnxruntime offers (what a default install has), plus those of ``runtime_python_path``'s
+    when one is given (e.g. onnxruntime-openvino's venv), and whether the CPU has native bf16. Returns
+    {"ep", "offered", "native_bf16", "python"} (``python``: where ``ep`` runs, None for this interpreter)."""
+    from .. import providers
+    from ..cpu_features import has_native_bf16, this_cpu_flags
+    from ..sessions import import_onnxruntime
+
+    names = set(import_onnxruntime().get_available_providers())
+    own = {p.key for p in providers.PROVIDERS if p.ort_name in names}
+    other = set()
+    if runtime_python_path:
+        found = check_runtime(runtime_python(runtime_python_path), "cpu")
+        other = {p.key for p in providers.PROVIDERS if p.ort_name in found["providers"]} - own
+    bf16 = has_native_bf16(this_cpu_flags())
+    ep = providers.automatic(own | other, bf16)
+    return {"ep": ep, "offered": sorted(own | other), "native_bf16": bf16,
+            "python": runtime_python(runtime_python_path) if ep in other else None}
+
+
 _PROBE = ("import json, numpy, onnxruntime as o; "
           "print(json.dumps({'onnxruntime': o.__version__, 'providers': o.get_available_providers()}))")
 

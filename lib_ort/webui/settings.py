@@ -25,9 +25,6 @@ OPENVINO_PRECISION = "ort_turbo_openvino_precision"
 #: setting label -> provider key (the labels the setting stores, from the provider table)
 PROVIDERS = {p.label: p.key for p in providers.PROVIDERS}
 PROVIDER_CHOICES = ["Automatic", *PROVIDERS]
-#: Automatic picks the first of these that this ONNX Runtime offers (TensorRT only when chosen; OpenVINO only
-#: on a CPU with native bf16, where it is 3-4x faster than the CPU provider; in fp32 it is not faster)
-AUTOMATIC_ORDER = ("cuda", "dml", "openvino", "cpu")
 #: the "OpenVINO precision" setting's label -> its value for ``sessions.plan_session``
 OPENVINO_PRECISION_CHOICES = {"Automatic": "auto", **{p: p for p in OPENVINO_PRECISIONS if p != "auto"}}
 
@@ -84,13 +81,10 @@ def resolve_provider(choice: str, status: dict | None = None, cpu_flags=None) ->
     status = provider_status() if status is None else status
     if choice in PROVIDERS:
         return PROVIDERS[choice]
-    offered = {PROVIDERS[label] for label, why in status.items() if why is None and label in PROVIDERS}
-    if "openvino" in offered:
-        from ..cpu_features import has_native_bf16, this_cpu_flags
+    from ..cpu_features import has_native_bf16, this_cpu_flags
 
-        if not has_native_bf16(this_cpu_flags() if cpu_flags is None else cpu_flags):
-            offered.discard("openvino")
-    return next((ep for ep in AUTOMATIC_ORDER if ep in offered), "cpu")
+    offered = {PROVIDERS[label] for label, why in status.items() if why is None and label in PROVIDERS}
+    return providers.automatic(offered, has_native_bf16(this_cpu_flags() if cpu_flags is None else cpu_flags))
 
 
 def openvino_precision(opts) -> str:

@@ -169,3 +169,20 @@ def test_bench_vae_openvino_reports_pixel_differences_load_and_memory(shared_reg
         assert run["speedup"] == pytest.approx(result["decode"][result["baseline"]]["median_ms"] / run["median_ms"],
                                                rel=0.02)
     assert "ORT cpu recipe" in result["decode"] and "| ORT OpenVINO bf16 |" in result["table"]
+
+
+def test_bench_automatic_names_what_the_webui_would_pick_here():
+    """``make bench`` (``--ep automatic``): this venv's plain onnxruntime offers the CPU provider, so that is
+    what a default install runs; with an onnxruntime-openvino interpreter beside it, OpenVINO exactly where
+    the CPU has native bf16 (the same rule as the WebUI's setting)."""
+    from lib_ort.bench.runtime import automatic_provider
+    from lib_ort.cpu_features import has_native_bf16, this_cpu_flags
+
+    here = automatic_provider()
+    assert here["ep"] == "cpu" and "cpu" in here["offered"] and here["python"] is None
+    if OPENVINO_PYTHON:
+        beside = automatic_provider(OPENVINO_PYTHON)
+        bf16 = has_native_bf16(this_cpu_flags())
+        assert "openvino" in beside["offered"] and beside["native_bf16"] == bf16
+        assert beside["ep"] == ("openvino" if bf16 else "cpu")
+        assert (beside["python"] is not None) == bf16
