@@ -104,10 +104,11 @@ def providers_to_try() -> list[str]:
     return [ep, "cpu"] if choice == "Automatic" and ep == "openvino" else [ep]
 
 
-def find_served_artefact(info) -> tuple:
-    """(artefact, provider) for the first of :func:`providers_to_try` that has a valid artefact for this
-    checkpoint; (None, the chosen provider) if none has; ArtefactError if the chosen one's is broken."""
-    eps = providers_to_try()
+def find_served_artefact(info, eps: list[str] | tuple | None = None) -> tuple:
+    """(artefact, provider) for the first of ``eps`` (default :func:`providers_to_try`) that has a valid
+    artefact for this checkpoint; (None, the chosen provider) if none has; ArtefactError if the chosen one's
+    is broken."""
+    eps = list(eps) if eps is not None else providers_to_try()
     for ep in eps:
         artefact = find_artefact(info, ep)
         if artefact is not None:

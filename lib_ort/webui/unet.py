@@ -133,7 +133,7 @@ class OrtTurboUnet(sd_unet.SdUnet):
         ort = artefact = reason = None
         retry = True  # what failed is cheap to look at again (files, the registry, an import)
         try:
-            artefact, served = service.find_served_artefact(info)
+            artefact, served = service.find_served_artefact(info, eps)  # the providers of the key
             if artefact is None:
                 reason = f"no {providers.label(ep)} artefact for {info.title}; export it in the ORT Turbo tab"
             else:
