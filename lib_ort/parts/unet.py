@@ -7,7 +7,6 @@ manifest carries the IO spec, the family and the shape ranges TensorRT profiles 
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
