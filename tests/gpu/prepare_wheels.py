@@ -21,8 +21,9 @@ the carried set brings (the machine lacks those: a wheel missing from the carrie
 rehearsal, not there). ``make gpu-rehearsal`` builds its venv with ``pip install --no-index --no-deps``
 from that folder alone; ``run.py`` then adds the carried set exactly as on the GPU machine.
 
-Versions: the carried set was resolved together on 2026-11-29 (../shared/device/prepare-wheels.sh);
-huggingface-hub 2.4.0 is what diffusers 0.42.1 needs (the machine has 1.x; the carried one shadows it).
+Versions: pip's resolver run on the machine's set plus Olive 0.13.0, diffusers 0.42.1 and onnxruntime-gpu
+(2026-12-07), minus what the machine has. Not huggingface-hub 2.x (../shared/device/prepare-wheels.sh
+carried 2.4.0): transformers 5.17 refuses it at import, and diffusers 0.42.1 takes the machine's 1.33.0.
 """
 
 from __future__ import annotations
@@ -50,13 +51,16 @@ CARRIED = ["onnxruntime-gpu==1.30.0",
            "opentelemetry-semantic-conventions==0.66b2", "questionary==2.1.1", "prompt-toolkit==3.0.53",
            "wcwidth==0.9.4", "tzdata==2026.6",
            "stable-diffusion-sdkit==2.1.5", "omegaconf==2.4.0",
-           "diffusers==0.42.1", "huggingface-hub==2.4.0", "httpx2==2.16.2", "httpcore2==2.16.2",
-           "truststore==0.10.5", "lazy-importer==0.1.0", "importlib-metadata==10.2.0", "zipp"]
+           "diffusers==0.42.1", "lazy-importer==0.1.0", "importlib-metadata==10.2.0"]
 
-#: what the GPU machine has (../shared/device/README.md and the issue), for the rehearsal's venv
+#: what the GPU machine has (the issue, ../shared/device/README.md, KINDS.md's package list), for the
+#: rehearsal's venv: these with their dependencies
 MACHINE = ["torch==2.11.0", "numpy==2.5.2", "onnx==1.23.1", "onnx-ir==1.0.0", "onnxruntime==1.30.0",
            "onnxscript==0.7.2", "transformers==5.17.0", "safetensors==0.8.0", "huggingface-hub==1.33.0",
-           "einops", "psutil", "matplotlib", "pillow", "pytest", "protobuf", "pyyaml"]
+           "einops", "psutil", "matplotlib", "pillow", "pytest", "protobuf", "pyyaml",
+           # Olive imports these; the machine has them (/work/.library/device/KINDS.md's package list)
+           "torchmetrics==1.9.0", "lightning-utilities", "pandas", "requests", "urllib3", "charset-normalizer",
+           "zipp", "python-dateutil"]
 
 #: CPython 3.12 on glibc 2.28+ x86_64, every manylinux tag that covers (torch's nvidia-nccl is 2_18)
 PLATFORM = ["--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp"] + [
@@ -141,8 +145,10 @@ def pack(wheels: list[Path], carried: Path, work: Path) -> dict:
                 tar.addfile(info, f)
     xz(tar_path, xz_path)
     tree = tree_bytes()
-    part_size = CALL_LIMIT - tree - MARGIN
     total = xz_path.stat().st_size
+    largest = CALL_LIMIT - tree - MARGIN
+    calls = -(-total // largest)
+    part_size = -(-total // calls)  # as few calls as fit, the parts even: each call keeps the same headroom
     for old in carried.glob("part-*"):
         old.unlink()
     parts = {}

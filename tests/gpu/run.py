@@ -381,8 +381,8 @@ def main(argv=None) -> int:
     args.add_argument("--budget", type=float, default=340.0, help="seconds for the whole call")
     args.add_argument("--child", help=argparse.SUPPRESS)
     a = args.parse_args(argv)
-    out, work = Path(a.out), Path(a.work)
-    site = Path(a.site) if a.site else (Path(a.wheels) / "site" if a.wheels else None)
+    out, work = Path(a.out).resolve(), Path(a.work).resolve()
+    site = Path(a.site).resolve() if a.site else (Path(a.wheels).resolve() / "site" if a.wheels else None)
     if a.child:
         return child(a.child, out, work, site)
     began = time.perf_counter()
