@@ -1,6 +1,6 @@
 """The GPU check's one entry point (issue 24): what a device call runs, no ``make`` needed.
 
-    python3 tests/gpu/run.py OUTDIR [--wheels .gpu-wheels] [--steps a,b,...] [--budget SECONDS]
+    python3 tests/gpu/run.py OUTDIR [--wheels .gpu-wheels] [--steps call1|call2|all|a,b,...] [--budget SECONDS]
 
 Why one script: the GPU machine is lent for about 15 minutes in all, has no network and no ``make``, and
 only OUTDIR (``$OUT``: at most 8 files, 2 folders deep) comes back. So this script
@@ -54,6 +54,13 @@ STEPS: dict[str, tuple[int, int, tuple[str, ...]]] = {
     "sdturbo_compile": (150, 30, ("sdturbo_prepare",)),  # the same grid with torch.compile added
     "sdxl_turbo": (170, 300, ("providers",)),    # SDXL-Turbo export + recipe + (1,4)
 }
+#: the device calls of docs/gpu-check.md: the first (<= 6 min) gets the tiny checks and the headline grid,
+#: the second (<= 3 min, only while the machine is still held: it reuses the install and the artefact)
+#: the rest; ``all`` is the rehearsal's
+PRESETS = {"call1": ("providers", "data", "iobinding", "fractional_t", "graphs", "tensorrt", "parity",
+                     "sdturbo_prepare", "sdturbo_grid", "timing"),
+           "call2": ("sdturbo_compile", "vae_nan", "sdxl_turbo"),
+           "all": tuple(STEPS)}
 REPORT_RESERVE_S = 15  # the report, the chart and the last line after the last step
 GPU_ONLY = {"graphs", "timing", "tensorrt", "sdturbo_compile"}
 FILES = ("results.jsonl", "report.md", "chart.png", "summary.json")
@@ -377,7 +384,7 @@ def main(argv=None) -> int:
     args.add_argument("--wheels", help="the carried parts + MANIFEST.json (prepare_wheels.py); none: use this env")
     args.add_argument("--site", help="where the carried wheels go (default: WHEELS/site)")
     args.add_argument("--work", default=str(ROOT / ".gpu-work"), help="data and registries (never sent back)")
-    args.add_argument("--steps", default=",".join(STEPS))
+    args.add_argument("--steps", default="all", help=f"step names or presets ({', '.join(PRESETS)})")
     args.add_argument("--budget", type=float, default=340.0, help="seconds for the whole call")
     args.add_argument("--child", help=argparse.SUPPRESS)
     a = args.parse_args(argv)
@@ -400,7 +407,7 @@ def main(argv=None) -> int:
         line["seconds"] = round(time.perf_counter() - start, 1)
         _append(out, line)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), str(ROOT), env.get("PYTHONPATH")) if p)
-    wanted = [s.strip() for s in a.steps.split(",") if s.strip()]
+    wanted = [n for part in a.steps.split(",") if part.strip() for n in PRESETS.get(part.strip(), (part.strip(),))]
     unknown = set(wanted) - set(STEPS)
     if unknown:
         raise SystemExit(f"unknown steps {sorted(unknown)}; choose from {', '.join(STEPS)}")
