@@ -21,7 +21,7 @@ SDKIT := stable-diffusion-sdkit==2.1.5
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup setup-webui setup-openvino chromium test test-engine test-webui test-openvino test-browser test-js \
-	test-gpu-dry-run gpu-check screenshots bench clean
+	test-gpu-dry-run gpu-rehearsal gpu-wheels screenshots bench clean
 
 setup: $(STAMP)
 
@@ -46,7 +46,7 @@ $(OPENVINO_STAMP):
 
 setup-openvino: $(OPENVINO_STAMP)
 
-test: test-js test-engine test-webui test-browser
+test: test-js test-engine test-webui test-browser gpu-rehearsal
 
 test-engine: setup setup-openvino
 	ORT_TURBO_OPENVINO_PYTHON=$(abspath $(OPENVINO_PY)) $(PY) -m pytest -q tests --ignore=tests/webui --ignore=tests/browser
@@ -55,14 +55,31 @@ test-engine: setup setup-openvino
 test-gpu-dry-run: setup
 	$(PY) -m pytest -q tests/gpu/test_dry_run.py
 
-# on the GPU machine (see docs/gpu-check.md): real-width data built there, then the steps, then the report
+# The GPU check's rehearsal (docs/gpu-check.md): .venv-gpu is the GPU machine's software (Python 3.12,
+# torch 2.11.0, numpy 2.5.2, onnxruntime 1.30.0 CPU, ...) installed with --no-index --no-deps from
+# .gpu-base only; tests/gpu/run.py then adds the carried parts (.gpu-wheels) exactly as it does there, and
+# runs every step with the CPU provider standing in. Fails when a step fails or a carried wheel is missing.
+PY312 ?= $(shell command -v python3.12 || echo /root/.pyenv/versions/3.12.1/bin/python3.12)
+GPU_VENV ?= .venv-gpu
+GPU_PY := $(GPU_VENV)/bin/python
+GPU_WHEELS_STAMP := .gpu-wheels/MANIFEST.json
+GPU_STAMP := $(GPU_VENV)/.ort-turbo-setup
 GPU_OUT ?= gpu-out
-GPU_STEPS ?= 1,2,3,4,5,6,7,8,9
-GPU_FAMILIES ?=
-gpu-check:
-	python3 tests/gpu/make_device_data.py $(GPU_OUT)/data --ep cuda --size real --families "$(GPU_FAMILIES)"
-	python3 tests/gpu/device_check.py $(GPU_OUT)/data $(GPU_OUT) --steps $(GPU_STEPS); \
-	  status=$$?; python3 tests/gpu/report.py $(GPU_OUT); exit $$status
+
+gpu-wheels: $(GPU_WHEELS_STAMP)
+
+$(GPU_WHEELS_STAMP): tests/gpu/prepare_wheels.py
+	python3 tests/gpu/prepare_wheels.py
+
+$(GPU_STAMP): $(GPU_WHEELS_STAMP)
+	rm -rf $(GPU_VENV) && $(PY312) -m venv $(GPU_VENV)
+	$(GPU_PY) -m pip install -q --no-index --no-deps --disable-pip-version-check .gpu-base/*.whl
+	touch $(GPU_STAMP)
+
+gpu-rehearsal: $(GPU_STAMP)
+	rm -rf .gpu-work
+	$(GPU_PY) tests/gpu/run.py $(GPU_OUT) --wheels .gpu-wheels --budget 900
+	PYTHONPATH=.gpu-wheels/site $(GPU_PY) -m pytest -q -p no:cacheprovider tests/test_fusion_shim.py tests/gpu/test_dry_run.py
 
 # the OpenVINO provider for real: tiny models optimized in .venv, run by .venv-openvino (fp32; bf16 on CPUs with it)
 test-openvino: setup setup-openvino
@@ -92,4 +109,4 @@ bench: setup
 	$(PY) -m lib_ort bench --arch sd-turbo --ep automatic --unfused --json
 
 clean:
-	rm -rf $(VENV) $(WEBUI_VENV) $(OPENVINO_VENV) artefacts
+	rm -rf $(VENV) $(WEBUI_VENV) $(OPENVINO_VENV) $(GPU_VENV) .gpu-wheels .gpu-base .gpu-work artefacts

@@ -6,7 +6,7 @@ fused op counts). A recipe whose one pass is ORT's transformers optimization (cp
 pass with the weights left on disk (``lib_ort.transformers_pass``: the graph Olive makes, at a fraction of
 the memory); any other recipe runs in Olive. It runs in the Olive toolchain's interpreter, which may
 differ from the WebUI's: it imports only the standard library, Olive, ONNX, ONNX Runtime and
-``lib_ort.graph``/``lib_ort.recipes``/``lib_ort.transformers_pass`` (free of torch and of the WebUI).
+``lib_ort.graph``/``lib_ort.recipes``/``lib_ort.transformers_pass``/``lib_ort.fusion_shim`` (free of torch and of the WebUI).
 Its memory goes back to the system when it exits.
 """
 
@@ -33,6 +33,12 @@ def _versions() -> dict:
     return found
 
 
+def _numpy_version() -> str:
+    import numpy
+
+    return numpy.__version__
+
+
 def main(job_path: str) -> int:
     """Run the job; a job with ``parts`` (the VAE's decoder and encoder) runs each part in turn, so
     Olive's start-up (most of a small model's time) is paid once."""
@@ -48,8 +54,13 @@ def main(job_path: str) -> int:
 
 def _optimize(job: dict) -> int:
     work = Path(job["work_dir"])
-    from lib_ort import transformers_pass
+    from lib_ort import fusion_shim, transformers_pass
     from lib_ort.graph import consolidate_external_data, io_types, op_counts
+
+    # before Olive or our pass reaches ORT's fusions: numpy >= 2.4 breaks the UNet attention fusion
+    patched = fusion_shim.apply()
+    if patched:
+        print(f"[ORT Turbo] numpy {_numpy_version()}: scalar head count shim on {', '.join(patched)}", flush=True)
 
     start = time.perf_counter()
     export_dir = Path(job["olive_config"]["input_model"]["model_path"])

@@ -164,8 +164,10 @@ def run(pass_config: dict, model_path: str | os.PathLike, out_path: str | os.Pat
     from onnxruntime.transformers import optimizer as ort_optimizer
     from onnxruntime.transformers.fusion_options import FusionOptions
 
+    from . import fusion_shim
     from .graph import save_streamed
 
+    fusion_shim.apply()  # numpy >= 2.4 (see fusion_shim); idempotent, the child applied it already
     if not supports(pass_config):
         raise ValueError(f"this pass runs in Olive, not on disk: {pass_config}")
     model_path, out_path = Path(model_path).resolve(), Path(out_path).resolve()

@@ -32,10 +32,14 @@ CKPT_VAE = {"hash": "f" * 64, "name": "device-check"}
 
 
 def _setup(a):
+    """``a.arch`` (run.py's SDXL-Turbo step) replaces SD-Turbo (tiny-sd2 in a dry run); ``a.batches`` limits
+    the grid's batch sizes (SDXL-Turbo: batch 1 only, to fit its time box)."""
     cuda = torch.cuda.is_available() and not a.dry_run
-    return {"arch": "tiny-sd2" if a.dry_run else "sd-turbo", "ep": "cpu" if a.dry_run else "cuda",
-            "px": 64 if a.dry_run else 512, "device": torch.device("cuda" if cuda else "cpu"), "cuda": cuda,
-            "vae": "tiny-ldm" if a.dry_run else "sd-ldm"}
+    arch = getattr(a, "arch", None) or ("tiny-sd2" if a.dry_run else "sd-turbo")
+    return {"arch": arch, "ep": "cpu" if a.dry_run else "cuda",
+            "px": (64 if a.dry_run else 1024 if "sdxl" in arch else 512),
+            "device": torch.device("cuda" if cuda else "cpu"), "cuda": cuda,
+            "vae": "tiny-ldm" if a.dry_run else "sd-ldm", "batches": tuple(getattr(a, "batches", None) or (1, 4))}
 
 
 def _model_and_checkpoint(arch: str):
@@ -81,7 +85,7 @@ def cmd_grid(a, s, out: Path) -> dict:
         compiled = torch.compile(model)
     rows = []
     lat = s["px"] // 8
-    for batch in (1, 4):
+    for batch in s["batches"]:
         inputs = {k: v.to(s["device"], dtype if v.is_floating_point() else v.dtype)
                   for k, v in example_inputs(model, batch, lat, lat, 77, seed=batch).items()}
         inputs["timesteps"] = inputs["timesteps"].float()
@@ -98,9 +102,9 @@ def cmd_grid(a, s, out: Path) -> dict:
                     notes["torch.compile"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
                     compiled = None
             for label, unet in ort.items():
-                out_ = unet(inputs["x"], inputs["timesteps"], inputs["context"]).float()
+                out_ = unet(inputs["x"], inputs["timesteps"], inputs["context"], y=inputs.get("y")).float()
                 notes[f"{label} rel_err batch {batch}"] = float((out_ - reference).abs().max() / reference.abs().max())
-                fns[label] = lambda unet=unet: unet(inputs["x"], inputs["timesteps"], inputs["context"])
+                fns[label] = lambda unet=unet: unet(inputs["x"], inputs["timesteps"], inputs["context"], y=inputs.get("y"))
             for label, fn in fns.items():
                 ms = time_ms(s["cuda"], fn, 5, warmup=2)
                 for steps in (1, 4):

@@ -12,9 +12,14 @@ def _cell(value) -> str:
     return json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
 
 
-def write_report(out: Path) -> Path:
+def write_report(out: Path, title_extra: str = "", summary: dict | None = None) -> Path:
+    """``summary`` (run.py's last line) goes first, and chart.png is linked when it is there."""
     lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
-    md = ["# ORT Turbo GPU check", ""]
+    md = ["# ORT Turbo GPU check" + (f" ({title_extra})" if title_extra else ""), ""]
+    if summary:
+        md += ["```json", json.dumps(summary, indent=1), "```", ""]
+    if (out / "chart.png").exists():
+        md += ["![images/s](chart.png)", ""]
     md += ["| step | name | status | seconds |", "|---|---|---|---|"]
     md += [f"| {r['step']} | {r['name']} | {r['status']} | {r.get('seconds', '')} |" for r in lines]
     for r in lines:
