@@ -59,7 +59,9 @@ test-gpu-dry-run: setup
 # torch 2.11.0, numpy 2.5.2, onnxruntime 1.30.0 CPU, ...) installed with --no-index --no-deps from
 # .gpu-base only; tests/gpu/run.py then adds the carried parts (.gpu-wheels) exactly as it does there, and
 # runs every step with the CPU provider standing in. Fails when a step fails or a carried wheel is missing.
-PY312 ?= $(shell command -v python3.12 || echo /root/.pyenv/versions/3.12.1/bin/python3.12)
+# the first Python 3.12 that runs (a pyenv shim without a selected version exits 127)
+PY312 ?= $(shell for p in $$(command -v python3.12) /root/.pyenv/versions/3.12*/bin/python3.12; do \
+	"$$p" -c '' 2>/dev/null && { echo "$$p"; break; }; done)
 GPU_VENV ?= .venv-gpu
 GPU_PY := $(GPU_VENV)/bin/python
 GPU_WHEELS_STAMP := .gpu-wheels/MANIFEST.json
@@ -72,6 +74,7 @@ $(GPU_WHEELS_STAMP): tests/gpu/prepare_wheels.py
 	python3 tests/gpu/prepare_wheels.py
 
 $(GPU_STAMP): $(GPU_WHEELS_STAMP)
+	@test -n "$(PY312)" || { echo "the GPU rehearsal needs Python 3.12 (the GPU machine's); set PY312=/path/to/python3.12" >&2; exit 1; }
 	rm -rf $(GPU_VENV) && $(PY312) -m venv $(GPU_VENV)
 	$(GPU_PY) -m pip install -q --no-index --no-deps --disable-pip-version-check .gpu-base/*.whl
 	touch $(GPU_STAMP)
