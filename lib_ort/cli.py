@@ -174,8 +174,6 @@ def cmd_bench_vae(args) -> dict:
                            warmup=args.warmup, root=args.root, seed=args.seed, toolchain=_toolchain(args),
                            profile=args.profile, encode=args.encode, runtime_python_path=args.runtime_python,
                            openvino_precision=args.openvino_precision, progress=_console_progress)
-    if automatic is not None:
-        result["automatic"] = automatic
     _print_table(result)
     return result
 
