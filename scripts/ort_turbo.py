@@ -45,8 +45,9 @@ class OrtTurboScript(scripts.Script):
         job.start_job(p, bool(cfg_free))
 
     def process(self, p, *args):
-        job.set_vae_dtype(p, unet.is_selected())
-        ort_vae.before_job(p)
+        selected = unet.is_selected()  # resolved once: it looks the checkpoint's artefact up
+        job.set_vae_dtype(p, selected)
+        ort_vae.before_job(p, selected)
 
     def process_batch(self, p, *args, **kwargs):
         from modules import sd_unet

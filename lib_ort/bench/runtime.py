@@ -73,14 +73,13 @@ def automatic_provider(runtime_python_path: str | None = None) -> dict:
 
     names = set(import_onnxruntime().get_available_providers())
     own = {p.key for p in providers.PROVIDERS if p.ort_name in names}
-    other = set()
+    other, python = set(), None
     if runtime_python_path:
-        found = check_runtime(runtime_python(runtime_python_path), "cpu")
-        other = {p.key for p in providers.PROVIDERS if p.ort_name in found["providers"]} - own
+        python = runtime_python(runtime_python_path)
+        other = {p.key for p in providers.PROVIDERS if p.ort_name in check_runtime(python, "cpu")["providers"]} - own
     bf16 = has_native_bf16(this_cpu_flags())
     ep = providers.automatic(own | other, bf16)
-    return {"ep": ep, "offered": sorted(own | other), "native_bf16": bf16,
-            "python": runtime_python(runtime_python_path) if ep in other else None}
+    return {"ep": ep, "offered": sorted(own | other), "native_bf16": bf16, "python": python if ep in other else None}
 
 
 _PROBE = ("import json, numpy, onnxruntime as o; "

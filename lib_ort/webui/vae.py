@@ -291,7 +291,7 @@ def _find(sd_model) -> tuple[OrtVae | None, OrtVae | None, dict, str | None]:
     return fast_runner, fp32_runner, record, None
 
 
-def before_job(p) -> None:
+def before_job(p, selected: bool) -> None:
     """From the script's ``process`` hook (before img2img's encode and before the UNet is applied). The
     route belongs to the job (``job.Job``), which puts the WebUI's decode/encode back when it ends."""
     finish_job()  # a job that never finished
@@ -299,7 +299,7 @@ def before_job(p) -> None:
     sd_model = shared.sd_model
     if sd_model is None or getattr(sd_model, "first_stage_model", None) is None:
         return
-    if not is_selected() or not bool(getattr(shared.opts, settings.VAE_ON_ORT, True)):
+    if not selected or not bool(getattr(shared.opts, settings.VAE_ON_ORT, True)):
         return
     try:
         fast, fp32, record, why = _find(sd_model)

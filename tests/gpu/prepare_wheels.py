@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -437,9 +437,8 @@ def main(argv=None) -> int:
                 done = subprocess.run(cmd, env=env, timeout=timeout, capture_output=True, text=True)
                 tail = (done.stdout + done.stderr)[-1500:]
                 code = done.returncode
-            except subprocess.TimeoutExpired as exc:
+            except subprocess.TimeoutExpired:
                 tail, code = "", f"timed out after {timeout:.0f} s"
-                del exc
             written = _lines(out)[before:]
             if written:
                 line = None
